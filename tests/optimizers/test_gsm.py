@@ -1,0 +1,274 @@
+"""GSMMomentum: golden equivalences, exact compression, and the Keras feature matrix."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sparse_momentum as ksm
+from support import classification_data, compile_for_test, kernels, mlp, nonzeros
+
+
+def _train(optimizer, epochs=3, jit_compile=False, model=None, batch_size=32, **fit_kwargs):
+    keras.utils.set_random_seed(0)
+    model = model or mlp()
+    x, y = classification_data()
+    compile_for_test(model, optimizer, jit_compile=jit_compile)
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, **fit_kwargs)
+    return model
+
+
+def _weights(model):
+    return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+def _assert_same(a, b, atol=1e-6):
+    for wa, wb in zip(_weights(a), _weights(b)):
+        np.testing.assert_allclose(wa, wb, atol=atol, rtol=0)
+
+
+# -- golden equivalences ----------------------------------------------------
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_compression_one_is_keras_momentum_sgd(nesterov, jit_compile):
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, 10, 0.9)
+    gsm = ksm.GSMMomentum(schedule, momentum=0.9, weight_decay=0.0, compression=1, nesterov=nesterov)
+    sgd = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=nesterov)
+    _assert_same(_train(gsm, jit_compile=jit_compile), _train(sgd, jit_compile=jit_compile))
+
+
+def _numpy_gsm(weights, grads_per_step, q, lr, momentum, wd, nesterov):
+    """Reference implementation of the paper's rule, in Keras's velocity form."""
+    w = [np.array(v, np.float64) for v in weights]
+    vel = [np.zeros_like(v) for v in w]
+    for grads in grads_per_step:
+        prunable = [i for i, v in enumerate(w) if v.ndim >= 2]
+        scores = np.concatenate([np.abs(grads[i] * w[i]).ravel() for i in prunable])
+        threshold = np.sort(scores)[::-1][q - 1]
+        for i, (v, g) in enumerate(zip(w, grads)):
+            if v.ndim >= 2:
+                g = np.where(np.abs(g * v) >= threshold, g, 0.0) + wd * v
+            vel[i] = momentum * vel[i] - lr * g
+            w[i] = v + (momentum * vel[i] - lr * g if nesterov else vel[i])
+    return w
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_single_steps_match_the_numpy_reference(nesterov):
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4), (4,), (4, 2)]
+    values = [rng.standard_normal(s).astype("float32") for s in shapes]
+    variables = [keras.Variable(v, name=n) for v, n in zip(values, ["kernel", "bias", "kernel"])]
+    steps = [[rng.standard_normal(s).astype("float32") for s in shapes] for _ in range(3)]
+    opt = ksm.GSMMomentum(0.1, momentum=0.9, weight_decay=0.1, compression=4, nesterov=nesterov)
+    for grads in steps:
+        opt.apply(grads, variables)
+    assert opt.prunable_count == 20 and opt.kept_count == 5
+    expected = _numpy_gsm(values, steps, 5, 0.1, 0.9, 0.1, nesterov)
+    for variable, reference in zip(variables, expected):
+        np.testing.assert_allclose(variable.numpy(), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_exactly_q_weights_receive_their_gradient():
+    rng = np.random.default_rng(3)
+    w = keras.Variable(rng.standard_normal((50, 40)).astype("float32"), name="kernel")
+    start = w.numpy()
+    opt = ksm.GSMMomentum(0.1, weight_decay=0.0, compression=7)
+    opt.apply([rng.standard_normal((50, 40)).astype("float32")], [w])
+    assert np.count_nonzero(w.numpy() != start) == math.ceil(2000 / 7)
+
+
+# -- exact compression --------------------------------------------------------
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_leaves_exactly_ceil_n_over_c_nonzeros(jit_compile):
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=13, nesterov=True)
+    model = _train(opt, epochs=2, jit_compile=jit_compile)
+    n = sum(int(np.prod(v.shape)) for v in kernels(model))
+    assert nonzeros(kernels(model)) == math.ceil(n / 13) == opt.kept_count
+    biases = [v for v in model.trainable_variables if v.name == "bias"]
+    assert nonzeros(biases) > 0.9 * sum(int(np.prod(v.shape)) for v in biases)
+
+
+def test_sparsity_argument_is_compression_one_over_one_minus_s():
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, sparsity=0.9)
+    model = _train(opt, epochs=1)
+    n = sum(int(np.prod(v.shape)) for v in kernels(model))
+    assert nonzeros(kernels(model)) == math.ceil(n * 0.1 - 1e-9)
+
+
+def test_ramp_reaches_the_target_and_passive_decay_shrinks_passive_weights():
+    ramp = ksm.GSMMomentum(0.05, momentum=0.9, compression=10, ramp_steps=12, passive_decay=0.5)
+    model = _train(ramp, epochs=2)
+    assert nonzeros(kernels(model)) == ramp.kept_count
+    assert int(keras.ops.convert_to_numpy(ramp._active_count())) == ramp.kept_count
+    fresh = ksm.GSMMomentum(0.05, momentum=0.9, compression=10, ramp_steps=100)
+    fresh.build(mlp().trainable_variables)
+    assert int(keras.ops.convert_to_numpy(fresh._active_count())) == fresh.prunable_count
+
+
+def test_subclassed_model_is_pruned():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(32, activation="relu")
+            self.out = keras.layers.Dense(4)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=20)
+    model = _train(opt, model=Net(), epochs=1)
+    assert nonzeros(kernels(model)) == math.ceil((16 * 32 + 32 * 4) / 20)
+
+
+# -- the Keras feature matrix -------------------------------------------------
+
+
+def test_clipnorm_matches_sgd_and_still_prunes():
+    gsm = ksm.GSMMomentum(0.05, momentum=0.9, weight_decay=0.0, compression=1, clipnorm=0.05)
+    sgd = keras.optimizers.SGD(0.05, momentum=0.9, clipnorm=0.05)
+    _assert_same(_train(gsm), _train(sgd))
+    pruned = _train(ksm.GSMMomentum(0.05, momentum=0.9, compression=8, global_clipnorm=0.5))
+    assert nonzeros(kernels(pruned)) == math.ceil(sum(int(np.prod(v.shape)) for v in kernels(pruned)) / 8)
+
+
+def test_gradient_accumulation_matches_sgd_and_still_prunes():
+    gsm = ksm.GSMMomentum(0.05, momentum=0.9, weight_decay=0.0, compression=1, gradient_accumulation_steps=3)
+    sgd = keras.optimizers.SGD(0.05, momentum=0.9, gradient_accumulation_steps=3)
+    _assert_same(_train(gsm, jit_compile=True), _train(sgd, jit_compile=True))
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=8, gradient_accumulation_steps=2)
+    pruned = _train(opt, jit_compile=True)
+    assert nonzeros(kernels(pruned)) == opt.kept_count
+
+
+def test_ema_is_swapped_in_before_the_final_cut():
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=8, use_ema=True, ema_momentum=0.9)
+    model = _train(opt, epochs=2)
+    assert nonzeros(kernels(model)) == opt.kept_count
+    for variable in kernels(model):
+        average = opt._model_variables_moving_average[opt._get_variable_index(variable)]
+        kept = variable.numpy() != 0
+        np.testing.assert_array_equal(variable.numpy()[kept], average.numpy()[kept])
+
+
+def test_mixed_precision_loss_scaling():
+    keras.config.set_dtype_policy("mixed_float16")
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=8)
+    model = _train(opt, epochs=2)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert nonzeros(kernels(model)) == opt.kept_count
+    assert all(np.all(np.isfinite(w)) for w in _weights(model))
+
+
+def test_mirrored_strategy_on_two_cpus_equals_one_device():
+    x, y = classification_data()
+
+    def run(strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = mlp()
+            compile_for_test(model, ksm.GSMMomentum(0.05, momentum=0.9, compression=8, nesterov=True))
+        model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        return model
+
+    mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    single = run(tf.distribute.get_strategy())
+    for variable in mirrored.weights:  # the replicas agree bit for bit
+        copies = [c.numpy() for c in variable.value.values]
+        for copy in copies[1:]:
+            np.testing.assert_array_equal(copy, copies[0])
+    _assert_same(mirrored, single, atol=1e-5)
+    assert nonzeros(kernels(mirrored)) == nonzeros(kernels(single))
+
+
+def test_sparse_embedding_gradients_work():
+    model = keras.Sequential(
+        [keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 8),
+         keras.layers.Flatten(), keras.layers.Dense(4)]
+    )
+    x = np.random.default_rng(0).integers(0, 50, (64, 5)).astype("int32")
+    y = (x[:, 0] % 4).astype("int32")
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=4)
+    compile_for_test(model, opt, jit_compile=False)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert nonzeros(kernels(model)) == math.ceil(40 * 4 / 4)
+    embed = ksm.GSMMomentum(0.05, momentum=0.9, compression=4, prunable=lambda v: v.name in ("kernel", "embeddings"))
+    model2 = keras.models.clone_model(model)
+    compile_for_test(model2, embed)
+    model2.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert nonzeros(model2.trainable_variables[:1] + kernels(model2)) == math.ceil((400 + 160) / 4)
+
+
+# -- saving and resuming ------------------------------------------------------
+
+
+def test_config_round_trip():
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 100)
+    opt = ksm.GSMMomentum(schedule, momentum=0.95, weight_decay=1e-4, sparsity=0.75,
+                          nesterov=True, ramp_steps=50, passive_decay=1e-2, clipnorm=1.0)
+    config = opt.get_config()
+    clone = ksm.GSMMomentum.from_config(config)
+    assert clone.get_config() == config
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).get_config() == config
+
+
+def test_save_load_and_resume_equal_uninterrupted(tmp_path):
+    x, y = classification_data()
+    path = tmp_path / "checkpoint.keras"
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        return compile_for_test(mlp(), ksm.GSMMomentum(0.05, momentum=0.9, compression=8, nesterov=True))
+
+    uninterrupted = fresh()
+    uninterrupted.fit(x, y, batch_size=32, epochs=4, shuffle=False, verbose=0)
+
+    interrupted = fresh()
+    checkpoint = keras.callbacks.ModelCheckpoint(str(path))  # saved before the final cut
+    interrupted.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[checkpoint])
+    resumed = keras.saving.load_model(str(path))  # no custom_objects
+    assert isinstance(resumed.optimizer, ksm.GSMMomentum)
+    resumed.fit(x, y, batch_size=32, epochs=4, initial_epoch=2, shuffle=False, verbose=0)
+    _assert_same(resumed, uninterrupted, atol=1e-6)
+
+
+# -- bad input ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "exactly one of `compression`"),
+        ({"compression": 2, "sparsity": 0.5}, "exactly one of `compression`"),
+        ({"compression": 0.5}, "`compression` must be a finite number >= 1"),
+        ({"compression": float("inf")}, "`compression` must be a finite number >= 1"),
+        ({"sparsity": 1.0}, r"`sparsity` must be a number in \[0, 1\)"),
+        ({"sparsity": -0.1}, r"`sparsity` must be a number in \[0, 1\)"),
+        ({"compression": 2, "momentum": 1.0}, r"`momentum` must be a number in \[0, 1\)"),
+        ({"compression": 2, "weight_decay": -1.0}, "`weight_decay` must be a finite number >= 0"),
+        ({"compression": 2, "ramp_steps": -1}, "`ramp_steps` must be an int >= 0"),
+        ({"compression": 2, "passive_decay": -1.0}, "`passive_decay` must be a finite number >= 0"),
+        ({"compression": 2, "prunable": "kernel"}, "`prunable` must be None"),
+    ],
+)
+def test_invalid_arguments_are_rejected_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ksm.GSMMomentum(**kwargs)
+
+
+def test_nothing_to_prune_is_a_clear_error():
+    with pytest.raises(ValueError, match="found nothing to prune"):
+        _train(ksm.GSMMomentum(compression=2, prunable=lambda v: False), epochs=1)
+
+
+def test_diverged_training_is_a_clear_error():
+    x, y = classification_data()
+    model = compile_for_test(mlp(), ksm.GSMMomentum(1e4, momentum=0.9, compression=4))
+    with pytest.raises(ValueError, match="training diverged"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)

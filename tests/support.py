@@ -1,0 +1,39 @@
+"""Tiny models, data and helpers shared by the tests."""
+
+import keras
+import numpy as np
+
+
+def mlp(inputs=16, hidden=(32, 24), outputs=4, name=None):
+    """A small Sequential MLP."""
+    layers = [keras.Input((inputs,))]
+    layers += [keras.layers.Dense(h, activation="relu") for h in hidden]
+    layers += [keras.layers.Dense(outputs)]
+    return keras.Sequential(layers, name=name)
+
+
+def classification_data(n=256, inputs=16, classes=4, seed=0):
+    """Linearly separable-ish synthetic data."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, inputs)).astype("float32")
+    w = rng.standard_normal((inputs, classes)).astype("float32")
+    y = np.argmax(x @ w, axis=1).astype("int32")
+    return x, y
+
+
+def compile_for_test(model, optimizer, jit_compile=False, metrics=None):
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=metrics,
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def kernels(model):
+    return [v for v in model.trainable_variables if v.name == "kernel"]
+
+
+def nonzeros(variables):
+    return sum(int(np.count_nonzero(keras.ops.convert_to_numpy(v))) for v in variables)
