@@ -1,0 +1,5 @@
+"""Callbacks that prune during `fit`."""
+
+from keras_sparse_momentum.callbacks.prune_to_ratio import PruneToRatio
+
+__all__ = ["PruneToRatio"]

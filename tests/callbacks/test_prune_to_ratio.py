@@ -1,0 +1,175 @@
+"""PruneToRatio: exact counts, masks held every step, any optimizer, any model kind."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sparse_momentum as ksm
+from support import classification_data, compile_for_test, kernels, mlp, nonzeros
+
+
+def _size(variables):
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Records, after every batch, the nonzeros and the logged sparsity."""
+
+    def __init__(self):
+        super().__init__()
+        self.nonzeros, self.logged, self.epoch_logs = [], [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.nonzeros.append(nonzeros(kernels(self.model)))
+        self.logged.append(logs.get("sparsity"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_logs.append(dict(logs))
+
+
+def _fit(model, callback, optimizer=None, epochs=3, jit_compile=False, recorder=None):
+    x, y = classification_data()
+    compile_for_test(model, optimizer or keras.optimizers.SGD(0.05, momentum=0.9), jit_compile)
+    callbacks = [callback] + ([recorder] if recorder else [])
+    history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks)
+    return history
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "ema"])
+def test_end_schedule_leaves_exactly_ceil_n_over_c(optimizer):
+    optimizer = {
+        "sgd": keras.optimizers.SGD(0.05),
+        "adam": keras.optimizers.Adam(1e-3),
+        "ema": keras.optimizers.SGD(0.05, use_ema=True, ema_momentum=0.9),
+    }[optimizer]
+    model = mlp()
+    callback = ksm.PruneToRatio(compression=17)
+    _fit(model, callback, optimizer)
+    n = _size(kernels(model))
+    assert nonzeros(kernels(model)) == math.ceil(n / 17) == callback.kept
+    assert callback.reached_sparsity == pytest.approx(1 - math.ceil(n / 17) / n)
+
+
+def test_end_cut_keeps_the_largest_magnitudes_globally():
+    model = mlp()
+    before = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            pass
+
+    callback = ksm.PruneToRatio(sparsity=0.9)
+    x, y = classification_data()
+    compile_for_test(model, keras.optimizers.SGD(0.05))
+    model.fit(x, y, epochs=1, verbose=0)
+    values = np.concatenate([v.numpy().ravel() for v in kernels(model)])
+    before = np.sort(np.abs(values))[::-1]
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])  # one more epoch, then the cut
+    after = np.concatenate([v.numpy().ravel() for v in kernels(model)])
+    kept = np.abs(after[after != 0])
+    assert kept.size == math.ceil(values.size * 0.1 - 1e-9)
+    assert kept.min() >= np.sort(np.abs(after))[::-1][kept.size]  # nothing smaller kept over larger
+    assert before.size == values.size
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_polynomial_schedule_holds_masks_after_every_step(jit_compile):
+    model = mlp()
+    recorder = _Recorder()
+    callback = ksm.PruneToRatio(compression=10, schedule="polynomial", frequency=3, end_step=18)
+    _fit(model, callback, epochs=3, jit_compile=jit_compile, recorder=recorder)
+    n = _size(kernels(model))
+    assert recorder.nonzeros == sorted(recorder.nonzeros, reverse=True)  # never grows back
+    for step, (count, logged) in enumerate(zip(recorder.nonzeros, recorder.logged)):
+        scheduled = callback.sparsity_at(min(step - step % 3, 18))  # masks move every 3 steps
+        # after the optimizer step the pruned weights are still exactly zero
+        assert count == math.ceil(round(n * (1 - scheduled), 6))
+        assert logged == pytest.approx(1 - count / n, abs=2 / n)
+    assert recorder.nonzeros[-1] == math.ceil(n / 10)
+    assert recorder.epoch_logs[-1]["sparsity"] == pytest.approx(1 - math.ceil(n / 10) / n)
+    assert nonzeros(kernels(model)) == math.ceil(n / 10)
+    assert all(v.constraint is None for v in kernels(model))  # restored
+
+
+def test_polynomial_follows_zhu_and_gupta():
+    callback = ksm.PruneToRatio(sparsity=0.8, schedule="polynomial", begin_step=10, end_step=110,
+                                initial_sparsity=0.2)
+    callback._end = 110
+    assert callback.sparsity_at(5) == 0.0
+    assert callback.sparsity_at(10) == pytest.approx(0.2)
+    assert callback.sparsity_at(60) == pytest.approx(0.8 + (0.2 - 0.8) * 0.5**3)
+    assert callback.sparsity_at(500) == pytest.approx(0.8)
+
+
+def test_layer_scope_prunes_every_variable_alike():
+    model = mlp()
+    _fit(model, ksm.PruneToRatio(compression=4, schedule="polynomial", scope="layer", frequency=2), epochs=2)
+    for variable in kernels(model):
+        size = int(np.prod(variable.shape))
+        assert np.count_nonzero(variable.numpy()) == math.ceil(size / 4)
+
+
+def test_functional_and_subclassed_models_and_history():
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(32, activation="relu")(inputs)
+    functional = keras.Model(inputs, keras.layers.Dense(4)(hidden))
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = keras.layers.Dense(32, activation="relu")
+            self.b = keras.layers.Dense(4)
+
+        def call(self, x):
+            return self.b(self.a(x))
+
+    for model in (functional, Net()):
+        history = _fit(model, ksm.PruneToRatio(compression=8, schedule="polynomial", frequency=2), epochs=2)
+        assert nonzeros(kernels(model)) == math.ceil((16 * 32 + 32 * 4) / 8)
+        assert "sparsity" in history.history and history.history["sparsity"][-1] > 0.8
+
+
+def test_auto_leaves_gsm_alone_and_prunes_gradually_otherwise():
+    gsm_callback = ksm.PruneToRatio(compression=8, schedule="auto")
+    _fit(mlp(), gsm_callback, ksm.GSMMomentum(0.05, momentum=0.9, compression=8), epochs=1)
+    assert gsm_callback._active == "end"
+    sgd_callback = ksm.PruneToRatio(compression=8, schedule="auto")
+    _fit(mlp(), sgd_callback, epochs=1)
+    assert sgd_callback._active == "polynomial"
+
+
+def test_train_function_is_clean_after_pruning():
+    model = mlp()
+    _fit(model, ksm.PruneToRatio(compression=10, schedule="polynomial", frequency=1), epochs=1)
+    x, y = classification_data()
+    model.fit(x, y, epochs=1, verbose=0)  # plain training afterwards: weights grow back
+    n = _size(kernels(model))
+    assert nonzeros(kernels(model)) > math.ceil(n / 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "exactly one of"),
+        ({"compression": 0.9}, "`compression` must be"),
+        ({"compression": 2, "schedule": "cubic"}, "`schedule` must be one of"),
+        ({"compression": 2, "scope": "model"}, "`scope` must be one of"),
+        ({"compression": 2, "frequency": 0}, "`frequency` must be an int >= 1"),
+        ({"compression": 2, "begin_step": -1}, "`begin_step` must be an int >= 0"),
+        ({"compression": 2, "begin_step": 5, "end_step": 5}, "`end_step` must be None or an int"),
+        ({"compression": 2, "initial_sparsity": 0.9}, "`initial_sparsity` must be in"),
+        ({"compression": 2, "power": 0}, "`power` must be > 0"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ksm.PruneToRatio(**kwargs)
+
+
+def test_model_without_prunable_weights_is_a_clear_error():
+    model = keras.Sequential([keras.Input((16,)), keras.layers.BatchNormalization()])
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="no prunable variables"):
+        model.fit(np.zeros((8, 16)), np.zeros((8, 16)), verbose=0, callbacks=[ksm.PruneToRatio(compression=2)])
