@@ -1,0 +1,224 @@
+"""sparsity_report: how sparse a model is, per layer, and what it costs to run."""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+from keras_sparse_momentum import prunable as prunable_lib
+
+_CONV_TYPES = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+
+
+@dataclasses.dataclass
+class Row:
+    """One prunable variable: its layer, shape, nonzeros and multiply-accumulates."""
+
+    layer: str
+    variable: str
+    shape: tuple
+    size: int
+    nonzeros: int
+    dense_macs: int | None
+    effective_macs: int | None
+
+    @property
+    def sparsity(self):
+        return 1.0 - self.nonzeros / self.size if self.size else 0.0
+
+
+@dataclasses.dataclass
+class SparsityReport:
+    """Per-variable rows plus totals over the prunable weights.
+
+    `compression` is N / nonzeros over the prunable weights (the ratio GSM and
+    PruneToRatio are asked for); MACs are per example, dense vs counting only
+    nonzero weights, and None where a layer's output shape is unknown.
+    """
+
+    model_name: str
+    rows: list
+    total_parameters: int
+    nonzero_parameters: int
+
+    @property
+    def prunable(self):
+        return sum(r.size for r in self.rows)
+
+    @property
+    def nonzeros(self):
+        return sum(r.nonzeros for r in self.rows)
+
+    @property
+    def total_sparsity(self):
+        return 1.0 - self.nonzeros / self.prunable if self.prunable else 0.0
+
+    @property
+    def compression(self):
+        return self.prunable / self.nonzeros if self.nonzeros else math.inf
+
+    def _macs(self, attribute):
+        values = [getattr(r, attribute) for r in self.rows]
+        return None if any(v is None for v in values) else sum(values)
+
+    @property
+    def dense_macs(self):
+        return self._macs("dense_macs")
+
+    @property
+    def effective_macs(self):
+        return self._macs("effective_macs")
+
+    def to_dict(self):
+        """Plain-Python form, for JSON logs and benchmarks."""
+        return {
+            "model": self.model_name,
+            "rows": [dict(dataclasses.asdict(r), sparsity=r.sparsity) for r in self.rows],
+            "prunable": self.prunable,
+            "nonzeros": self.nonzeros,
+            "total_sparsity": self.total_sparsity,
+            "compression": self.compression,
+            "total_parameters": self.total_parameters,
+            "nonzero_parameters": self.nonzero_parameters,
+            "dense_macs": self.dense_macs,
+            "effective_macs": self.effective_macs,
+        }
+
+    def __str__(self):
+        header = ("layer", "variable", "shape", "nonzeros", "sparsity", "MACs dense", "MACs eff.")
+        lines = [
+            (
+                r.layer,
+                r.variable,
+                "x".join(str(d) for d in r.shape),
+                f"{r.nonzeros:,}/{r.size:,}",
+                f"{r.sparsity:.1%}",
+                _fmt_macs(r.dense_macs),
+                _fmt_macs(r.effective_macs),
+            )
+            for r in self.rows
+        ]
+        total = (
+            "total",
+            "",
+            "",
+            f"{self.nonzeros:,}/{self.prunable:,}",
+            f"{self.total_sparsity:.1%}",
+            _fmt_macs(self.dense_macs),
+            _fmt_macs(self.effective_macs),
+        )
+        widths = [max(len(x[i]) for x in [header, total, *lines]) for i in range(len(header))]
+        fmt = lambda cells: "  ".join(  # noqa: E731
+            c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+        rule = "-" * len(fmt(header))
+        macs = ""
+        if self.dense_macs and self.effective_macs is not None:
+            macs = f", MACs {self.dense_macs / max(self.effective_macs, 1):.1f}x fewer"
+        return "\n".join(
+            [
+                f"Sparsity report for '{self.model_name}'",
+                fmt(header),
+                rule,
+                *map(fmt, lines),
+                rule,
+                fmt(total),
+                f"compression {self.compression:.1f}x over prunable weights{macs}; "
+                f"all parameters: {self.nonzero_parameters:,} nonzero of "
+                f"{self.total_parameters:,}",
+            ]
+        )
+
+
+def _fmt_macs(value):
+    if value is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(value)
+
+
+def _owner_layers(model):
+    """Map each variable id to the innermost layer that holds it."""
+    owners = {}
+    layers = sorted(
+        model._flatten_layers(include_self=False, recursive=True),
+        key=lambda layer: len(layer.weights),
+    )
+    for layer in layers:
+        for variable in layer.weights:
+            owners.setdefault(id(variable), layer)
+    return owners
+
+
+def _output_positions(layer):
+    """Output positions per example (all nodes of a shared layer), or None."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if not nodes:
+        return None
+    positions = 0
+    for node in nodes:
+        shape = node.outputs[0].shape
+        if any(d is None for d in shape[1:]):
+            return None
+        channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+        spatial = shape[2:] if channels_first else shape[1:-1]
+        positions += int(math.prod(spatial))
+    return positions
+
+
+def sparsity_report(model, prunable=None, input_shape=None):
+    """Per-layer sparsity and multiply-accumulates of a built Keras model.
+
+    Args:
+        model: a built Keras model (Sequential, functional or subclassed).
+        prunable: the `prunable` rule the model was pruned with (default:
+            layer kernels of rank >= 2).
+        input_shape: for subclassed models, the input shape without batch
+            (e.g. `(28, 28, 1)`), used once to trace the layers' output
+            shapes for the MAC counts; not needed for functional models.
+
+    Returns:
+        A `SparsityReport`; `print(report)` shows the table.
+    """
+    if input_shape is not None:
+        model(keras.Input(shape=tuple(input_shape)))
+    variables = prunable_lib.prunable_variables(model, prunable)
+    owners = _owner_layers(model)
+    rows = []
+    for variable in variables:
+        value = keras.ops.convert_to_numpy(variable)
+        layer = owners.get(id(variable))
+        positions = None
+        if layer is not None and isinstance(layer, (keras.layers.Dense, *_CONV_TYPES)):
+            positions = _output_positions(layer)
+        rows.append(
+            Row(
+                layer=layer.name if layer is not None else "?",
+                variable=variable.path,
+                shape=tuple(value.shape),
+                size=int(value.size),
+                nonzeros=int(np.count_nonzero(value)),
+                dense_macs=None if positions is None else int(value.size) * positions,
+                effective_macs=(
+                    None if positions is None else int(np.count_nonzero(value)) * positions
+                ),
+            )
+        )
+    weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    return SparsityReport(
+        model_name=model.name,
+        rows=rows,
+        total_parameters=int(sum(w.size for w in weights)),
+        nonzero_parameters=int(sum(np.count_nonzero(w) for w in weights)),
+    )
