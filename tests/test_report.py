@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_sparse_momentum as ksm
-from tests import support
+import support
 
 
 def _zero_fraction(variable, fraction, seed=0):

@@ -6,7 +6,7 @@ import pytest
 
 import keras_sparse_momentum as ksm
 from keras_sparse_momentum.surgery.strip import max_relative_error
-from tests import support
+import support
 
 
 def _probe(shape, n=16, seed=1):
