@@ -84,6 +84,10 @@ class AOFP(keras.callbacks.Callback):
     then removes the pruned filters physically (dead-unit path) with the same
     outputs.
 
+    The search lives within one `fit` call (steps count from its start); a
+    later `fit` with a new AOFP starts from the weights as they are, so run
+    the search and its fine-tuning in one `fit`, or `strip` in between.
+
     FLOPs are the dense multiply-accumulates of the Dense/Conv kernels per
     example (`sparsity_report(...).dense_macs`), of the model `strip` would
     build; `flops_ratio` is that count over the original's.
@@ -109,13 +113,19 @@ class AOFP(keras.callbacks.Callback):
         min_filters: never prune a layer below this many filters.
         residual: "together" (layers tied by residual `Add`s form one target
             whose filters are pruned in all of them) or "skip" (leave them).
+        thresh_growth: >= 1. Not in the paper: after every round in which
+            each layer still searching has ended at least one binary search
+            (pruning or not) at the current threshold and the target is still
+            not met, multiply the threshold by this, so that the target is
+            reached within a training budget. 1 (default) keeps the paper's
+            fixed threshold.
         seed: seed of the random halves and sub-batches.
         verbose: 1 prints every pruning decision.
 
     Attributes (after `fit`): `flops_ratio`, `widths` ({target name: live
     filters}), `original_widths`, `events` (one dict per pruning),
     `measurements`, `measure_seconds` (time spent measuring),
-    `target_reached`.
+    `target_reached`, `thresh_reached` (the threshold at the end).
     """
 
     def __init__(
@@ -132,6 +142,7 @@ class AOFP(keras.callbacks.Callback):
         stagger=None,
         min_filters=1,
         residual="together",
+        thresh_growth=1.0,
         seed=None,
         verbose=0,
     ):
@@ -143,7 +154,9 @@ class AOFP(keras.callbacks.Callback):
                 f"a number in (0, 1). Received: target_flops={target_flops!r}"
             )
         if not (isinstance(thresh, (int, float)) and 0 < thresh < float("inf")):
-            raise ValueError(f"AOFP: `thresh` must be a finite number > 0. Received: thresh={thresh!r}")
+            raise ValueError(
+                f"AOFP: `thresh` must be a finite number > 0. Received: thresh={thresh!r}"
+            )
         _check_int(iters_per_half, "iters_per_half", 1)
         _check_int(measure_every, "measure_every", 1)
         _check_int(probe_batch_size, "probe_batch_size", 1)
@@ -151,6 +164,11 @@ class AOFP(keras.callbacks.Callback):
         _check_int(min_filters, "min_filters", 1)
         if stagger is not None:
             _check_int(stagger, "stagger", 0)
+        if not (isinstance(thresh_growth, (int, float)) and 1 <= thresh_growth < float("inf")):
+            raise ValueError(
+                "AOFP: `thresh_growth` must be a finite number >= 1. "
+                f"Received: thresh_growth={thresh_growth!r}"
+            )
         if residual not in RESIDUAL:
             raise ValueError(
                 f"AOFP: `residual` must be one of {RESIDUAL}. Received: residual={residual!r}"
@@ -158,9 +176,13 @@ class AOFP(keras.callbacks.Callback):
         if layers is not None and (
             isinstance(layers, str) or not all(isinstance(n, str) for n in layers)
         ):
-            raise ValueError(f"AOFP: `layers` must be None or a list of layer names. Received: {layers!r}")
+            raise ValueError(
+                f"AOFP: `layers` must be None or a list of layer names. Received: {layers!r}"
+            )
         if probe_data is None:
-            raise ValueError("AOFP: `probe_data` (held inputs to measure the damage on) is required.")
+            raise ValueError(
+                "AOFP: `probe_data` (held inputs to measure the damage on) is required."
+            )
         self.target_flops = float(target_flops)
         self.thresh = float(thresh)
         self.iters_per_half = iters_per_half
@@ -172,6 +194,7 @@ class AOFP(keras.callbacks.Callback):
         self.stagger = stagger
         self.min_filters = min_filters
         self.residual = residual
+        self.thresh_growth = float(thresh_growth)
         self.seed = seed
         self.verbose = verbose
 
@@ -183,12 +206,16 @@ class AOFP(keras.callbacks.Callback):
             candidates = [s for s in candidates if len(s.producers) == 1]
         if self.layers is None:
             return candidates
-        by_name = {layer.name: s for s in graph.base_spaces(include_pinned=True) for layer in s.producers}
+        by_name = {
+            layer.name: s for s in graph.base_spaces(include_pinned=True) for layer in s.producers
+        }
         chosen = []
         for name in self.layers:
             space = by_name.get(name)
             if space is None:
-                raise ValueError(f"AOFP: `layers` names '{name}', which is not a Dense/Conv layer of the model.")
+                raise ValueError(
+                    f"AOFP: `layers` names '{name}', which is not a Dense/Conv layer of the model."
+                )
             if space not in candidates:
                 why = "; ".join(space.pins) or (
                     "tied to other layers by a residual Add (residual='skip')"
@@ -273,6 +300,8 @@ class AOFP(keras.callbacks.Callback):
         self.events = []
         self.measurements = 0
         self.measure_seconds = 0.0
+        self.thresh_reached = self.thresh
+        self._rounds_at_raise = [0] * len(spaces)
         self._update_flops()
 
     # -- measuring and deciding -----------------------------------------------
@@ -355,7 +384,9 @@ class AOFP(keras.callbacks.Callback):
         if self.target_reached or self._step % self.measure_every:
             return
         active = [
-            i for i, s in enumerate(self._searches) if self._step >= self._starts[i] and not s.finished
+            i
+            for i, s in enumerate(self._searches)
+            if self._step >= self._starts[i] and not s.finished
         ]
         if not active:
             return
@@ -371,7 +402,23 @@ class AOFP(keras.callbacks.Callback):
             pruned = search.decide(self._budget(self._probes[i], search))
             if pruned:
                 self._prune(i, pruned, damage)
+        self._relax_threshold()
         self.measure_seconds += time.perf_counter() - start
+
+    def _relax_threshold(self):
+        """Raise the threshold after a full round of searches that left the target unmet."""
+        if self.thresh_growth == 1 or self.target_reached or self._step < self._starts[-1]:
+            return
+        searching = [i for i, s in enumerate(self._searches) if not s.finished]
+        if searching and all(
+            self._searches[i].rounds > self._rounds_at_raise[i] for i in searching
+        ):
+            self.thresh_reached *= self.thresh_growth
+            for search in self._searches:
+                search.thresh = self.thresh_reached
+            self._rounds_at_raise = [s.rounds for s in self._searches]
+            if self.verbose:
+                print(f"AOFP step {self._step}: thresh raised to {self.thresh_reached:.4g}")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

@@ -38,6 +38,7 @@ class HalvingSearch:
         self.thresh = float(thresh)
         self.min_keep = int(min_keep)
         self.decisions = 0
+        self.rounds = 0  # searches ended, by a pruning or with nothing found
         self._restart()
 
     def _restart(self):
@@ -96,11 +97,13 @@ class HalvingSearch:
             take = candidates[: max(0, min(room, len(candidates) if budget is None else budget))]
             self.pruned.extend(take)
             self.live = [c for c in self.live if c not in set(take)]
+            self.rounds += 1
             self._restart()
             return take
         if len(candidates) > 1:
             self.search = candidates
             self._reset_scores()
         else:
+            self.rounds += 1
             self._restart()
         return []

@@ -37,7 +37,7 @@ def test_no_damage_prunes_the_half_and_restarts():
     search = HalvingSearch(16, iters_per_half=4, thresh=0.01)
     rng = np.random.default_rng(0)
     (first,) = _run(search, lambda masked: 0.0, rng, 1)
-    assert len(first) == 8 and search.pruned == first
+    assert len(first) == 8 and search.pruned == first and search.rounds == 1
     assert search.live == sorted(set(range(16)) - set(first))
     assert search.search == search.live and search.iterations == 0
     assert all(search.counts[c] == 0 for c in search.search)
@@ -46,11 +46,13 @@ def test_no_damage_prunes_the_half_and_restarts():
 def test_too_much_damage_shrinks_the_search_space_then_restarts():
     search = HalvingSearch(16, iters_per_half=4, thresh=0.01)
     rng = np.random.default_rng(0)
-    sizes = []
+    sizes, rounds = [], []
     for _ in range(5):
         _run(search, lambda masked: 1.0, rng, 1)
         sizes.append(len(search.search))
+        rounds.append(search.rounds)
     assert sizes == [8, 4, 2, 16, 8]  # half=1 with no success: restart on all live
+    assert rounds == [0, 0, 0, 1, 1]
     assert search.pruned == [] and search.decisions == 5
 
 
@@ -228,6 +230,17 @@ def test_residual_skip_and_layer_selection():
         _fit(_resnet(), [_aofp(0.5, layers=["nope"])], epochs=1)
 
 
+def test_threshold_growth_reaches_the_target_from_a_tiny_threshold():
+    model = _cnn()
+    aofp = _aofp(0.8, thresh=1e-3, thresh_growth=10.0)
+    _fit(model, [aofp])
+    assert aofp.target_reached and aofp.flops_ratio <= 0.8
+    assert aofp.thresh_reached >= 1e-2  # raised at least once, by factors of 10
+    assert np.log10(aofp.thresh_reached / 1e-3) == pytest.approx(
+        round(np.log10(aofp.thresh_reached / 1e-3))
+    )
+
+
 def test_measuring_does_not_touch_training():
     """With nothing pruned, training with AOFP equals training without it."""
     keras.utils.set_random_seed(3)
@@ -255,6 +268,7 @@ def test_measuring_does_not_touch_training():
         (dict(target_flops=0.5, iters_per_half=0), "iters_per_half"),
         (dict(target_flops=0.5, measure_every=0), "measure_every"),
         (dict(target_flops=0.5, residual="no"), "residual"),
+        (dict(target_flops=0.5, thresh_growth=0.5), "thresh_growth"),
         (dict(target_flops=0.5, layers="conv"), "layers"),
         (dict(target_flops=0.5, probe_data=None), "probe_data"),
     ],
