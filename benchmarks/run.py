@@ -78,6 +78,10 @@ def parse_args(argv):
                         "(default: both models x 2, 5, 10, 30, 60, 125)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=None,
                    help="accuracy methods (default all): dense,gsm_short,gsm_paper,gmp,tfmot,l1,proxnag")
+    p.add_argument("--render", action="store_true",
+                   help="run nothing: rewrite RESULTS.md and plots from the stored results")
+    p.add_argument("--resume", action="store_true",
+                   help="accuracy: skip runs already stored in the results folder")
     p.add_argument("--cost-models", type=lambda s: s.split(","), default=None,
                    help="step-time models (default lenet5,resnet20)")
     opts = p.parse_args(argv)
@@ -125,20 +129,25 @@ def render(out, meta):
 def main(argv=None):
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     opts.out.mkdir(parents=True, exist_ok=True)
-    for name in [s for s in SECTIONS if s in opts.only.split(",")]:
+    for name in [s for s in SECTIONS if s in opts.only.split(",") and not opts.render]:
         print(f"== {name}", flush=True)
         module = importlib.import_module(f"benchmarks.{name}")
         path = opts.out / f"{name}.json"
         previous = json.loads(path.read_text()) if path.exists() else None
         start, load = time.time(), os.getloadavg()[0]
-        results = module.run(opts, previous)
-        results["meta"] = {
-            "date": datetime.datetime.now().isoformat(timespec="minutes"),
-            "quick": opts.quick,
-            "minutes": (time.time() - start) / 60,
-            "load": [load, os.getloadavg()[0]],
-        }
-        path.write_text(json.dumps(results, indent=1))
+
+        def save(results, path=path, start=start, load=load):
+            """Store results (also called by long sections after every run)."""
+            results["meta"] = {
+                "date": datetime.datetime.now().isoformat(timespec="minutes"),
+                "quick": opts.quick,
+                "minutes": (time.time() - start) / 60,
+                "load": [load, os.getloadavg()[0]],
+            }
+            path.write_text(json.dumps(results, indent=1))
+
+        opts.checkpoint = save
+        save(module.run(opts, previous))
     meta = {"machine": machine(), "versions": versions(),
             "date": datetime.datetime.now().isoformat(timespec="minutes")}
     render(opts.out, meta)
