@@ -15,11 +15,13 @@ HEADLINE = (("lenet300", 60), ("lenet5", 125))
 # except the paper-default GSM row, whose constants are the paper's.
 SGD = dict(learning_rate=0.05, momentum=0.9)
 
-# GSM with the short-budget options of GSMMomentum (docstring: "Short training
-# budgets"): the compression ramps from 1 to C over the first `ramp_fraction`
-# of the steps and passive weights decay with `passive_decay`.
+# GSM with the short-budget recipe of `GSMMomentum.for_budget` (docstring:
+# "Short training budgets"): the compression ramps from 1 to C over the first
+# `ramp_fraction` of the steps, passive weights decay with `passive_decay`, and
+# weights are ranked by magnitude.
 GSM_SHORT = dict(
-    learning_rate=0.05, momentum=0.9, nesterov=True, passive_decay=2e-2, ramp_fraction=0.5
+    learning_rate=0.05, momentum=0.9, nesterov=True, passive_decay=2.0, importance="magnitude",
+    ramp_fraction=0.5,
 )
 # The paper's rule with GSMMomentum's defaults (lr 0.01, momentum 0.99,
 # weight decay 5e-4, no ramp, no separate passive decay).
