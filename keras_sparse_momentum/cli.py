@@ -175,7 +175,7 @@ def _export_quietly(*args, **kwargs):
     try:
         with _native_stderr_silenced():
             return export_tflite(*args, **kwargs)
-    except ValueError as error:
+    except (ValueError, RuntimeError) as error:
         raise CommandError(str(error)) from error
 
 

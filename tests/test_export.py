@@ -184,3 +184,22 @@ def test_unsupported_operation_is_named_in_a_value_error(tmp_path):
     )
     with pytest.raises(ValueError, match="MatrixDeterminant"):
         ksm.export_tflite(model, tmp_path / "m.tflite")
+
+
+def test_nan_from_sparse_float16_is_caught(tmp_path):
+    """TFLite's block-sparse float16 weights yield NaN at ~98 % sparsity (TF 2.21).
+
+    A canary: if TFLite fixes this, the first `raises` fails; then drop the hint.
+    """
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(8)])
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel).copy()
+    kernel[np.random.default_rng(0).random(kernel.shape) < 0.98] = 0.0
+    model.layers[0].kernel.assign(kernel)
+    x = np.random.default_rng(1).random((16, 64)).astype("float32")
+    with pytest.raises(RuntimeError, match="sparse=False"):
+        ksm.export_tflite(model, tmp_path / "f16.tflite", quantize="float16", sample_inputs=x)
+    dense = ksm.export_tflite(
+        model, tmp_path / "f16.tflite", quantize="float16", sparse=False, sample_inputs=x
+    )
+    assert dense.max_abs_error < 1e-2
