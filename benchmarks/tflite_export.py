@@ -65,7 +65,10 @@ def main():
         f"{trained:.0f} s, Keras test accuracy {accuracy:.2%}"
     )
 
-    header = f"{'file':16s} {'bytes':>10s} {'x dense':>8s} {'gzipped':>10s} {'max abs err':>12s} {'accuracy':>9s}"
+    header = (
+        f"{'file':16s} {'bytes':>10s} {'x dense':>8s} {'gzipped':>10s} "
+        f"{'max abs err':>12s} {'accuracy':>9s}"
+    )
     print(header + "\n" + "-" * len(header))
     dense_bytes = None
     with tempfile.TemporaryDirectory() as folder:

@@ -41,7 +41,7 @@ layer's sparsity is found automatically; the rest decay to zero and one exact
 cut at the end leaves the model C times sparser. Then strip dead units, print
 the sparsity report, export a sparse TFLite file, run it with the LiteRT
 interpreter and compare sizes and test accuracy. About two minutes on two CPU
-cores with the defaults; --quick takes a few seconds (to check an install).
+cores with the defaults; --quick (to check an install) takes about 20 seconds.
 
 The data (mnist10k.npz) is looked for at --data, $KSM_DATA, then
 shared/data/mnist10k.npz in this folder, its parents and next to the package."""
@@ -80,7 +80,7 @@ def build_parser():
     )
     demo.add_argument(
         "--quick", action="store_true",
-        help="a smoke run: 2,000 training images, 2 epochs, about ten seconds",
+        help="a smoke run: 2,000 training images, 2 epochs, about 20 seconds",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(handler=_demo)

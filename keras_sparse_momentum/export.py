@@ -370,9 +370,8 @@ def tflite_predict(path, inputs):
 def _compare(model, flatbuffer, interpreter, runtime, inputs):
     """max |TFLite - Keras|, retrying without XNNPACK if it rejects the file."""
     keras_inputs = inputs[0] if isinstance(inputs, list) and len(inputs) == 1 else inputs
-    expected = [
-        keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(model(keras_inputs, training=False))
-    ]
+    outputs = keras.tree.flatten(model(keras_inputs, training=False))
+    expected = [keras.ops.convert_to_numpy(y) for y in outputs]
     try:
         actual = _run(model, interpreter, inputs)
     except RuntimeError:
