@@ -128,10 +128,9 @@ def test_demo_quick_runs_end_to_end(tiny_mnist, tmp_path, capsys):
     )
     assert code == 0
     result = json.loads(out.split("RESULT ", 1)[1])
-    assert result["compression"] == pytest.approx(266_200 / 13_310)  # ceil(266,200 / 20)
-    assert result["sparse_tflite_bytes"] < 0.3 * result["dense_tflite_bytes"] or (
-        result["sparse_tflite_bytes"] < result["dense_tflite_bytes"]
-    )
+    assert result["compression"] == 20.0  # exactly ceil(266,200 / 20) = 13,310 nonzeros
+    assert result["sparse_tflite_bytes"] < result["dense_tflite_bytes"]
+    assert result["sparse_int8_tflite_bytes"] < result["sparse_tflite_bytes"]
     assert abs(result["tflite_accuracy"] - result["keras_accuracy"]) <= 1 / 64
     for name in ("model.keras", "model_sparse.tflite", "model_sparse_int8.tflite"):
         assert (out_dir / name).is_file()
