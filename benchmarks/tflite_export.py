@@ -47,9 +47,8 @@ def main():
     model = lenet_300_100()
     steps = args.epochs * -(-len(x_train) // 64)
     model.compile(
-        optimizer=ksm.GSMMomentum(
-            compression=args.compression, learning_rate=0.05, momentum=0.9, nesterov=True,
-            passive_decay=2e-2, ramp_steps=steps // 2,
+        optimizer=ksm.GSMMomentum.for_budget(
+            steps, compression=args.compression, learning_rate=0.05, momentum=0.9, nesterov=True
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],

@@ -30,15 +30,16 @@ Run `ksm COMMAND --help` for the options of each command."""
 
 EPILOG = """\
 exit codes: 0 success, 1 failure (message on stderr, no traceback), 2 bad usage.
-In Python: `import keras_sparse_momentum as ksm` gives GSMMomentum, PruneToRatio,
-strip, sparsity_report and export_tflite."""
+In Python: `import keras_sparse_momentum as ksm` gives the optimizers, the
+callbacks (PruneToRatio, AOFP), strip, sparsity_report and export_tflite."""
 
 DEMO_HELP = """\
 Train LeNet-300-100 (784-300-100-10, 266,610 weights) on the 8,000-image MNIST
-sample with ksm.GSMMomentum: only the ceil(N / C) weights with the largest
-|gradient * weight| get gradient updates at each step, chosen globally, so each
-layer's sparsity is found automatically; the rest decay to zero and one exact
-cut at the end leaves the model C times sparser. Then strip dead units, print
+sample with ksm.GSMMomentum.for_budget: at each step only the top weights,
+chosen globally over all layers (ceil(N / C) of them once the ramp over the
+first half of training is done), get gradient updates, so each layer's sparsity
+is found automatically; the rest decay to zero and one exact cut at the end
+leaves the model C times sparser. Then strip dead units, print
 the sparsity report, export a sparse TFLite file, run it with the LiteRT
 interpreter and compare sizes and test accuracy. About two minutes on two CPU
 cores with the defaults; --quick (to check an install) takes about 20 seconds.
@@ -270,9 +271,8 @@ def _demo(args):
     )
     keras.utils.set_random_seed(args.seed)
     model = lenet_300_100()
-    optimizer = ksm.GSMMomentum(
-        compression=args.compression, learning_rate=0.05, momentum=0.9, nesterov=True,
-        passive_decay=2e-2, ramp_steps=steps // 2,
+    optimizer = ksm.GSMMomentum.for_budget(
+        steps, compression=args.compression, learning_rate=0.05, momentum=0.9, nesterov=True
     )
     model.compile(
         optimizer=optimizer,
