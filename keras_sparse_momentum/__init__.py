@@ -8,10 +8,10 @@
 """
 
 from keras_sparse_momentum.callbacks import PruneToRatio
-from keras_sparse_momentum.optimizers import GSMMomentum
+from keras_sparse_momentum.optimizers import GSMMomentum, ProxNAG
 from keras_sparse_momentum.report import sparsity_report
 from keras_sparse_momentum.surgery import strip
 
 __version__ = "0.1.0"
 
-__all__ = ["GSMMomentum", "PruneToRatio", "sparsity_report", "strip"]
+__all__ = ["GSMMomentum", "ProxNAG", "PruneToRatio", "sparsity_report", "strip"]
