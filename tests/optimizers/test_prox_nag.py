@@ -38,11 +38,11 @@ def _numpy(variables):
 # -- golden equalities ----------------------------------------------------------
 
 
-def test_l1_zero_is_keras_nesterov_sgd_at_every_step(jit_compile=False):
+def test_l1_zero_is_keras_nesterov_sgd_at_every_step():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.05, 4, 0.9)
-    prox, prox_steps = _train(ksm.ProxNAG(schedule, momentum=0.9, l1=0.0), jit_compile=jit_compile)
+    prox, prox_steps = _train(ksm.ProxNAG(schedule, momentum=0.9, l1=0.0))
     sgd_opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
-    sgd, sgd_steps = _train(sgd_opt, jit_compile=jit_compile)
+    sgd, sgd_steps = _train(sgd_opt)
     assert len(prox_steps) == 8
     for step_a, step_b in zip(prox_steps, sgd_steps):  # training holds the Nesterov point
         for a, b in zip(step_a, step_b):
