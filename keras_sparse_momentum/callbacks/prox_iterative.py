@@ -28,7 +28,8 @@ class ProxIterative:
        sparsity of the sparse iterate `w~` and the training loss are checked
        every `check_every` steps. The phase stops at the sparsity's local
        maximum (no new maximum for `patience` checks), when the loss rises
-       sharply (above `(1 + loss_rise) * lowest + loss_margin`), or after
+       sharply (two checks above `(1 + loss_rise) * first + loss_margin`,
+       `first` being the phase's first check), or after
        `phase_steps`; the state at the maximum is restored. The support (sign)
        mask `M = (w~ != 0)` is then recorded and multiplied into `w~` after
        every later step, so sparsity never falls from round to round.
@@ -61,7 +62,7 @@ class ProxIterative:
         checks_per_phase: checks per pruning phase (10).
         patience: checks without a new sparsity maximum that end a phase (3).
         loss_rise, loss_margin: the sharp-rise rule (1.0, 0.1).
-        shrink_fraction: see above (1.0).
+        shrink_fraction: see above (0.5).
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class ProxIterative:
         patience=3,
         loss_rise=1.0,
         loss_margin=0.1,
-        shrink_fraction=1.0,
+        shrink_fraction=0.5,
     ):
         self.target_sparsity = float(target_sparsity)
         self.prunable = prunable
@@ -206,7 +207,7 @@ class ProxIterative:
         state = self._state()
         self._best = (self._sparsity(state[0]), state)
         self._since_best = 0
-        self._lowest_loss = math.inf
+        self._reference_loss, self._rising = None, 0
 
     def _end_pruning(self, reason):
         sparsity, state = self._best
@@ -257,19 +258,22 @@ class ProxIterative:
                 exact = sparsity == self.target_sparsity
                 self._trim((iterates, self._state()[1]) if exact else self._best[1])
                 return
-            if loss > (1 + self.loss_rise) * self._lowest_loss + self.loss_margin:
-                self._end_pruning("loss")
-            else:
-                self._lowest_loss = min(self._lowest_loss, loss)
+            if self._reference_loss is None:
+                self._reference_loss = loss
+            rising = loss > (1 + self.loss_rise) * self._reference_loss + self.loss_margin
+            self._rising = self._rising + 1 if rising else 0
+            if not rising:  # a state with a sharply risen loss is never kept
                 if sparsity > self._best[0]:
                     self._best = (sparsity, (iterates, self._state()[1]))
                     self._since_best = 0
                 else:
                     self._since_best += 1
-                if self._since_best >= self.patience:
-                    self._end_pruning("peak")
-                elif self._iterations() - self._phase_start >= self.phase_steps:
-                    self._end_pruning("length")
+            if self._rising >= 2:  # two windows in a row: not batch noise
+                self._end_pruning("loss")
+            elif self._since_best >= self.patience:
+                self._end_pruning("peak")
+            elif self._iterations() - self._phase_start >= self.phase_steps:
+                self._end_pruning("length")
             if self.phase == PRUNE and step >= self.prune_deadline:
                 self._out_of_budget("pruning")
         elif self.phase == FINETUNE:

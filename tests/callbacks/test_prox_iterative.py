@@ -38,12 +38,12 @@ def _pretrained(jit_compile=False):
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_reaches_exactly_the_target_with_monotone_rounds(jit_compile):
     model, x, y = _pretrained(jit_compile)
-    prune = ksm.PruneToRatio(sparsity=0.8, schedule="auto")
+    prune = ksm.PruneToRatio(sparsity=0.5, schedule="auto")
     trace = _IterateSparsity()
-    history = model.fit(x, y, batch_size=32, epochs=8, verbose=0, callbacks=[prune, trace])
+    history = model.fit(x, y, batch_size=32, epochs=12, verbose=0, callbacks=[prune, trace])
     driver = prune._driver
     n = sum(v.numpy().size for v in kernels(model))
-    assert nonzeros(kernels(model)) == math.ceil(n * 0.2 - 1e-9) == prune.kept
+    assert nonzeros(kernels(model)) == math.ceil(n * 0.5 - 1e-9) == prune.kept
     # The rounds raised l1 linearly and never lost sparsity; the target was met by a round.
     assert driver.rounds[-1]["stop"] == "target"
     sparsities = [r["sparsity"] for r in driver.rounds]
@@ -54,10 +54,10 @@ def test_reaches_exactly_the_target_with_monotone_rounds(jit_compile):
     first_hold = next(i for i, s in enumerate(trace.values) if s >= sparsities[0] - 1e-12)
     held = trace.values[first_hold:]
     assert min(held) >= sparsities[0] - 1e-12
-    assert trace.values[-1] == pytest.approx(0.8, abs=1 / n)
+    assert trace.values[-1] == pytest.approx(0.5, abs=1 / n)
     # Every epoch logs phase, round, l1 and the sparse iterate's sparsity.
     for key in ("sparsity", "l1", "prox_round", "prox_phase"):
-        assert len(history.history[key]) == 8
+        assert len(history.history[key]) == 12
     assert history.history["prox_phase"][-1] == 2 and history.history["l1"][-1] == 0.0
     assert [r["phase"] for r in driver.epoch_log][-1] == "final"
     # After fit: l1 restored, masks released, w~ equals the model.
