@@ -9,10 +9,18 @@
 
 from keras_sparse_momentum.callbacks import AOFP, PruneToRatio
 from keras_sparse_momentum.export import export_tflite
-from keras_sparse_momentum.optimizers import GSMMomentum
+from keras_sparse_momentum.optimizers import GSMMomentum, ProxNAG
 from keras_sparse_momentum.report import sparsity_report
 from keras_sparse_momentum.surgery import strip
 
 __version__ = "0.1.0"
 
-__all__ = ["AOFP", "GSMMomentum", "PruneToRatio", "export_tflite", "sparsity_report", "strip"]
+__all__ = [
+    "AOFP",
+    "GSMMomentum",
+    "ProxNAG",
+    "PruneToRatio",
+    "export_tflite",
+    "sparsity_report",
+    "strip",
+]
