@@ -1,8 +1,8 @@
 """
 Title: 90 % sparse LeNet-5 with Prox-NAG and PruneToRatio
-Author: keras-sparse-momentum contributors
-Date created: 2025/01/01
-Last modified: 2025/01/01
+Author: keras-sparse-momentum developers
+Date created: 2026/11/23
+Last modified: 2026/11/23
 Description: L1 soft-thresholding on a Nesterov path prunes a trained LeNet-5 to exactly 90 % sparsity in one `fit`.
 Accelerator: None
 """
