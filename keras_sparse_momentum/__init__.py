@@ -15,3 +15,9 @@ from keras_sparse_momentum.surgery import strip
 __version__ = "0.1.0"
 
 __all__ = ["GSMMomentum", "PruneToRatio", "sparsity_report", "strip"]
+
+# Centripetal SGD (issue 4): cluster plan, optimizer; `strip(model, plan)` merges the clusters.
+from keras_sparse_momentum.optimizers import CentripetalSGD  # noqa: E402
+from keras_sparse_momentum.surgery import ClusterPlan  # noqa: E402
+
+__all__ += ["CentripetalSGD", "ClusterPlan"]
