@@ -211,11 +211,13 @@ def run(quick=False, config=None):
     steps_2 = cfg["epochs_2"] * int(np.ceil(len(x_train) / cfg["batch"]))
 
     # 1. shared dense checkpoint
+    print("  dense checkpoint", flush=True)
     keras.utils.set_random_seed(0)
     checkpoint = _compile(resnet(cfg["widths"], cfg["blocks"]), _sgd(LEARNING_RATE))
     checkpoint.fit(x_train, y_train, epochs=cfg["epochs_1"], **fit)
 
     # 2a. dense continues
+    print("  dense, C-SGD, L1 + fine-tune", flush=True)
     keras.utils.set_random_seed(0)
     dense = _compile(_copy(checkpoint), _sgd(_cosine(steps_2)))
     dense.fit(x_train, y_train, epochs=cfg["epochs_2"], **fit)
@@ -234,6 +236,7 @@ def run(quick=False, config=None):
     l1.fit(x_train, y_train, epochs=cfg["epochs_2"], **fit)
 
     # 3-4. cost, size and latency
+    print("  TFLite, step time", flush=True)
     models = {"dense": dense, "csgd_stripped": stripped, "l1_finetuned": l1}
     blobs = {k: tflite_bytes(m) for k, m in models.items()}
     latency, speedup = tflite_latency(list(blobs.values()), x_test[:1], cfg["rounds"], cfg["invokes"])

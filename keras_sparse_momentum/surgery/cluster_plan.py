@@ -54,13 +54,6 @@ class VariableMerge:
     kind: str
     clusters: list
 
-    def assignment(self, width):
-        """Cluster index of every channel (channels in no cluster get -1)."""
-        labels = np.full(width, -1, np.int64)
-        for index, cluster in enumerate(self.clusters):
-            labels[cluster] = index
-        return labels
-
     def merge_matrix(self, width):
         """(width, width) M with x @ M = each channel replaced by its cluster mean."""
         matrix = np.eye(width)
