@@ -200,11 +200,15 @@ def choose_config(quick):
     return name, load
 
 
-def run(quick=False, config=None):
+def run(quick=False, config=None, epochs=None):
+    """The table rows; `config` forces a configuration, `epochs` (e1, e2) its budget."""
     name, load = choose_config(quick)
     name = config or name
-    cfg = CONFIGS[name]
-    condition = f"config={name} widths={cfg['widths']} blocks={cfg['blocks']} load={load:.1f}/{os.cpu_count()}cores"
+    cfg = dict(CONFIGS[name])
+    if epochs:
+        cfg["epochs_1"], cfg["epochs_2"] = epochs
+    condition = (f"config={name} widths={cfg['widths']} blocks={cfg['blocks']} "
+                 f"epochs={cfg['epochs_1']}+{cfg['epochs_2']} load={load:.1f}/{os.cpu_count()}cores")
     print(f"csgd_resnet: {condition}", flush=True)
     x_train, y_train, x_test, y_test = load_data(cfg["train"], cfg["test"])
     fit = dict(batch_size=cfg["batch"], verbose=0)
@@ -281,9 +285,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--config", choices=sorted(CONFIGS))
+    parser.add_argument("--epochs", type=int, nargs=2, metavar=("E1", "E2"),
+                        help="epochs of the shared dense phase and of each second phase")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    result = run(args.quick, args.config)
+    result = run(args.quick, args.config, args.epochs)
     _print(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
