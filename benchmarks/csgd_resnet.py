@@ -1,6 +1,6 @@
 """C-SGD on a ResNet-20-style CNN (mnist10k): FLOPs, accuracy, TFLite latency/size, step time.
 
-Run: `KSM_DATA=/path/to/mnist10k.npz python benchmarks/csgd_resnet.py [--quick] [--config NAME]`
+Run: `python benchmarks/csgd_resnet.py [--quick] [--config NAME]`
 or `run(quick) -> list[dict]` (one dict per table row, the same keys in every row).
 
 Protocol (every number below is measured side by side in one process):
@@ -48,6 +48,7 @@ import tensorflow as tf  # noqa: E402
 tf.get_logger().setLevel("ERROR")
 
 import keras_sparse_momentum as ksm  # noqa: E402
+from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
 from keras_sparse_momentum.surgery.strip import max_relative_error  # noqa: E402
 
 try:
@@ -57,8 +58,8 @@ except ModuleNotFoundError:
     from l1_filter_pruning import l1_prune  # noqa: E402
 
 CONFIGS = {
-    "quick": dict(widths=(4, 8, 16), blocks=1, train=1024, test=512, epochs_1=1, epochs_2=1,
-                  batch=64, rounds=5, steps=3, invokes=20),
+    "quick": dict(widths=(4, 8, 16), blocks=1, train=512, test=256, epochs_1=1, epochs_2=1,
+                  batch=64, rounds=3, steps=2, invokes=10),
     "reduced": dict(widths=(8, 16, 32), blocks=3, train=8000, test=2000, epochs_1=2, epochs_2=2,
                     batch=64, rounds=9, steps=5, invokes=40),
     "full": dict(widths=(16, 32, 64), blocks=3, train=8000, test=2000, epochs_1=3, epochs_2=3,
@@ -69,16 +70,9 @@ LEARNING_RATE = 0.05
 CENTRIPETAL_STRENGTH = 1.0  # the paper's 3e-3 needs ~100x the steps of this budget
 
 
-def data_path():
-    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist10k.npz"
-    return Path(os.environ.get("KSM_DATA", default))
-
-
 def load_data(train, test):
-    with np.load(data_path()) as d:
-        x_train = d["x_train"][:train, ..., None].astype("float32") / 255.0
-        x_test = d["x_test"][:test, ..., None].astype("float32") / 255.0
-        return x_train, d["y_train"][:train].astype("int32"), x_test, d["y_test"][:test].astype("int32")
+    (x_train, y_train), (x_test, y_test) = load_mnist10k()  # --data / KSM_DATA / shared/data
+    return x_train[:train, ..., None], y_train[:train], x_test[:test, ..., None], y_test[:test]
 
 
 def resnet(widths, blocks, input_shape=(28, 28, 1), classes=10):

@@ -7,17 +7,22 @@
     print(ksm.sparsity_report(slim))
 """
 
-from keras_sparse_momentum.callbacks import PruneToRatio
-from keras_sparse_momentum.optimizers import GSMMomentum
+from keras_sparse_momentum.callbacks import AOFP, PruneToRatio
+from keras_sparse_momentum.export import export_tflite
+from keras_sparse_momentum.optimizers import CentripetalSGD, GSMMomentum, ProxNAG
 from keras_sparse_momentum.report import sparsity_report
-from keras_sparse_momentum.surgery import strip
+from keras_sparse_momentum.surgery import ClusterPlan, strip
 
 __version__ = "0.1.0"
 
-__all__ = ["GSMMomentum", "PruneToRatio", "sparsity_report", "strip"]
-
-# Centripetal SGD (issue 4): cluster plan, optimizer; `strip(model, plan)` merges the clusters.
-from keras_sparse_momentum.optimizers import CentripetalSGD  # noqa: E402
-from keras_sparse_momentum.surgery import ClusterPlan  # noqa: E402
-
-__all__ += ["CentripetalSGD", "ClusterPlan"]
+__all__ = [
+    "AOFP",
+    "CentripetalSGD",
+    "ClusterPlan",
+    "GSMMomentum",
+    "ProxNAG",
+    "PruneToRatio",
+    "export_tflite",
+    "sparsity_report",
+    "strip",
+]

@@ -161,20 +161,44 @@ def _owner_layers(model):
     return owners
 
 
-def _output_positions(layer):
-    """Output positions per example (all nodes of a shared layer), or None."""
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if not nodes:
+def _positions(layer, shape):
+    """Output positions per example of one call of `layer` with output `shape`."""
+    if any(d is None for d in shape[1:]):
         return None
-    positions = 0
-    for node in nodes:
-        shape = node.outputs[0].shape
-        if any(d is None for d in shape[1:]):
-            return None
-        channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-        spatial = shape[2:] if channels_first else shape[1:-1]
-        positions += int(math.prod(spatial))
-    return positions
+    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    spatial = shape[2:] if channels_first else shape[1:-1]
+    return int(math.prod(spatial))
+
+
+def _graph_positions(layer):
+    """Output positions per example from a functional graph (all nodes of a shared layer)."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    counts = [_positions(layer, node.outputs[0].shape) for node in nodes]
+    return None if not counts or None in counts else sum(counts)
+
+
+def _traced_positions(model, layers, input_shape):
+    """Output positions per example, by running `model` once on zeros of `input_shape`.
+
+    For subclassed models, whose inner layers have no graph nodes: each
+    layer's `call` is wrapped for the duration of one forward pass.
+    """
+    counts = {id(layer): 0 for layer in layers}
+    for layer in layers:
+        original = layer.call
+
+        def recording(*args, _layer=layer, _call=original, **kwargs):
+            outputs = _call(*args, **kwargs)
+            counts[id(_layer)] += _positions(_layer, tuple(outputs.shape))
+            return outputs
+
+        layer.call = recording
+    try:
+        model(np.zeros((1, *input_shape), "float32"), training=False)
+    finally:
+        for layer in layers:
+            del layer.call
+    return counts
 
 
 def sparsity_report(model, prunable=None, input_shape=None):
@@ -185,23 +209,29 @@ def sparsity_report(model, prunable=None, input_shape=None):
         prunable: the `prunable` rule the model was pruned with (default:
             layer kernels of rank >= 2).
         input_shape: for subclassed models, the input shape without batch
-            (e.g. `(28, 28, 1)`), used once to trace the layers' output
-            shapes for the MAC counts; not needed for functional models.
+            (e.g. `(28, 28, 1)`): the model is run once on zeros of that
+            shape to see the layers' output shapes for the MAC counts. Not
+            needed for Sequential and functional models.
 
     Returns:
         A `SparsityReport`; `print(report)` shows the table.
     """
-    if input_shape is not None:
-        model(keras.Input(shape=tuple(input_shape)))
     variables = prunable_lib.prunable_variables(model, prunable)
     owners = _owner_layers(model)
+    counted = {
+        id(layer): layer
+        for layer in owners.values()
+        if isinstance(layer, (keras.layers.Dense, *_CONV_TYPES))
+    }
+    if input_shape is not None:
+        positions_of = _traced_positions(model, list(counted.values()), tuple(input_shape))
+    else:
+        positions_of = {key: _graph_positions(layer) for key, layer in counted.items()}
     rows = []
     for variable in variables:
         value = keras.ops.convert_to_numpy(variable)
         layer = owners.get(id(variable))
-        positions = None
-        if layer is not None and isinstance(layer, (keras.layers.Dense, *_CONV_TYPES)):
-            positions = _output_positions(layer)
+        positions = positions_of.get(id(layer)) if layer is not None else None
         rows.append(
             Row(
                 layer=layer.name if layer is not None else "?",

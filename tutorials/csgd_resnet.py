@@ -48,10 +48,12 @@ import numpy as np
 import tensorflow as tf
 
 import keras_sparse_momentum as ksm
+from keras_sparse_momentum.data import load_mnist10k
 
 parser = argparse.ArgumentParser(description="C-SGD on a small ResNet")
 parser.add_argument("--quick", action="store_true", help="tiny run (< 60 s on 2 cores)")
 parser.add_argument("--out", default=".", help="directory for the PNG plot")
+parser.add_argument("--data", default=None, help="mnist10k.npz (default: searched for)")
 args = parser.parse_args()
 
 QUICK = args.quick
@@ -60,17 +62,15 @@ keras.utils.set_random_seed(0)
 """
 ## Data
 
-A 10,000-image subset of MNIST, stored as `mnist10k.npz`. Set `KSM_DATA` to its
-path if it is not in the project's `shared/data` folder.
+A 10,000-image subset of MNIST (28x28 digits), found without the internet by
+`load_mnist10k`: at `--data`, `$KSM_DATA`, or `shared/data/mnist10k.npz` above
+the working directory. Pixels come scaled to [0, 1].
 """
 
-default_data = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist10k.npz"
-with np.load(os.environ.get("KSM_DATA", default_data)) as data:
-    n_train, n_test = (2000, 500) if QUICK else (8000, 2000)
-    x_train = data["x_train"][:n_train, ..., None].astype("float32") / 255.0
-    y_train = data["y_train"][:n_train].astype("int32")
-    x_test = data["x_test"][:n_test, ..., None].astype("float32") / 255.0
-    y_test = data["y_test"][:n_test].astype("int32")
+(x_train, y_train), (x_test, y_test) = load_mnist10k(args.data)
+n_train, n_test = (2000, 500) if QUICK else (8000, 2000)
+x_train, y_train = x_train[:n_train, ..., None], y_train[:n_train]
+x_test, y_test = x_test[:n_test, ..., None], y_test[:n_test]
 
 """
 ## A ResNet with projection shortcuts

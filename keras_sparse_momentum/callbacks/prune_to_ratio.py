@@ -6,9 +6,10 @@ import keras
 import numpy as np
 
 from keras_sparse_momentum import prunable as prunable_lib
+from keras_sparse_momentum.callbacks.prox_iterative import ProxIterative
 from keras_sparse_momentum.schedules import polynomial_sparsity
 
-SCHEDULES = ("end", "polynomial", "auto")
+SCHEDULES = ("end", "polynomial", "auto", "prox_iterative")
 SCOPES = ("global", "layer")
 
 
@@ -47,8 +48,14 @@ class PruneToRatio(keras.callbacks.Callback):
     `prune_low_magnitude`, with no layer wrapping, for Sequential, functional
     and subclassed models alike.
 
+    `schedule="prox_iterative"`: the Prox-NAG paper's iterative algorithm
+    (needs `ProxNAG`; see `ProxIterative`): pruning phases with a linearly
+    rising `l1`, the support mask held, growing fine-tune phases, then an
+    exact trim to the target and a final fine-tune, all in one `fit`.
+
     `schedule="auto"`: `"end"` when the optimizer already prunes (GSMMomentum,
-    whose own final cut matches this one), `"polynomial"` otherwise.
+    whose own final cut matches this one), `"prox_iterative"` for ProxNAG,
+    `"polynomial"` otherwise.
 
     The sparsity reached is written to `logs["sparsity"]` (each batch: the
     mask's; each epoch: measured on the weights), so the progress bar, History
@@ -57,7 +64,7 @@ class PruneToRatio(keras.callbacks.Callback):
     Args:
         compression: C >= 1: keep `ceil(N / C)` of the N prunable weights.
         sparsity: s in [0, 1): the fraction removed; give exactly one.
-        schedule: "end", "polynomial" or "auto".
+        schedule: "end", "polynomial", "prox_iterative" or "auto".
         prunable: None (layer kernels of rank >= 2) or `callable(variable) -> bool`.
         scope: "global" (one ranking over all prunable weights) or "layer"
             (every variable at the same sparsity, like tfmot).
@@ -132,8 +139,10 @@ class PruneToRatio(keras.callbacks.Callback):
         if self.schedule != "auto":
             return self.schedule
         optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
-        from keras_sparse_momentum.optimizers import GSMMomentum
+        from keras_sparse_momentum.optimizers import GSMMomentum, ProxNAG
 
+        if isinstance(optimizer, ProxNAG):
+            return "prox_iterative"
         return "end" if isinstance(optimizer, GSMMomentum) else "polynomial"
 
     def sparsity_at(self, step):
@@ -179,6 +188,12 @@ class PruneToRatio(keras.callbacks.Callback):
         self._mask_sparsity = 0.0
         self._last_update = None
         self._variables = None
+        self._driver = None
+        if self._active == "prox_iterative":
+            if self.scope != "global":
+                raise ValueError("PruneToRatio(schedule='prox_iterative') needs scope='global'.")
+            self._driver = ProxIterative(self.target_sparsity, self.prunable)
+            self._driver.on_train_begin(self.model, self.params)
         if self.model.trainable_variables:  # else: a subclassed model, built by its first step
             self._setup()
 
@@ -226,10 +241,14 @@ class PruneToRatio(keras.callbacks.Callback):
             self._setup()
         if logs is not None and self._active == "polynomial":
             logs["sparsity"] = self._mask_sparsity
+        if self._driver is not None:
+            self._driver.on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["sparsity"] = self._measured_sparsity()
+        if self._driver is not None:  # measures the sparse iterate, not the extrapolation
+            self._driver.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
         if self._variables is None:
@@ -244,3 +263,5 @@ class PruneToRatio(keras.callbacks.Callback):
             variable.assign(np.where(mask, value, 0).astype(value.dtype))
         self.kept = sum(int(m.sum()) for m in masks)
         self.reached_sparsity = 1.0 - self.kept / self._total
+        if self._driver is not None:
+            self._driver.on_train_end()

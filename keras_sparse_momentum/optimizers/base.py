@@ -105,6 +105,10 @@ class PruningSGD(keras.optimizers.SGD):
         if self.built:
             return
         super().build(variables)
+        self._build_flags(variables)
+
+    def _build_flags(self, variables):
+        """Which variables are prunable / decayed; fails if nothing is prunable."""
         self._prunable_flags = [bool(self._is_prunable(v)) for v in variables]
         self._decay_flags = [
             len(v.shape) >= 2 and self._use_weight_decay(v) for v in variables
@@ -162,12 +166,16 @@ class PruningSGD(keras.optimizers.SGD):
 
     def update_step(self, gradient, variable, learning_rate):
         """SGD step on `gradient + weight_decay * variable` (coupled decay)."""
+        super().update_step(self.coupled_gradient(gradient, variable), variable, learning_rate)
+
+    def coupled_gradient(self, gradient, variable):
+        """`gradient + weight_decay * variable` where decay applies, else `gradient`."""
         if self.weight_decay and self._decay_flags[self._get_variable_index(variable)]:
             gradient = ops.add(
                 ops.cast(dense_gradient(gradient), variable.dtype),
                 ops.multiply(variable, ops.cast(self.weight_decay, variable.dtype)),
             )
-        super().update_step(gradient, variable, learning_rate)
+        return gradient
 
     def prunable_trainables(self, var_list):
         """The members of `var_list` this optimizer treats as prunable."""

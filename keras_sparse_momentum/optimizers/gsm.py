@@ -8,6 +8,8 @@ from keras_sparse_momentum.optimizers import base
 from keras_sparse_momentum.optimizers.selection import kth_largest
 from keras_sparse_momentum.schedules import polynomial_sparsity
 
+IMPORTANCES = ("taylor", "magnitude")
+
 
 @keras.saving.register_keras_serializable(package="keras_sparse_momentum")
 class GSMMomentum(base.PruningSGD):
@@ -47,14 +49,27 @@ class GSMMomentum(base.PruningSGD):
     `learning_rate * weight_decay / (1 - momentum)` of itself per step, so with
     the paper's constants it needs tens of thousands of steps to vanish and, on
     an ordinary budget, the final cut removes signal the network still uses.
-    Two options (both off by default, which is the paper's rule) fix that:
+    Three options, all off by default (the default is the paper's rule), fix
+    that:
 
     - `ramp_steps`: the active count falls from `N` to `Q` along the cubic
       schedule of Zhu & Gupta (the one tfmot's `PolynomialDecay` uses) over
       the first `ramp_steps` optimizer steps, so the network adapts gradually.
     - `passive_decay`: the coupled decay coefficient applied to passive
       weights instead of `weight_decay`, so they reach zero within the budget.
+    - `importance="magnitude"`: rank by `|w|` instead of `|g * w|`. The Taylor
+      score of one mini-batch is noisy; with few steps a weight that is
+      briefly unimportant on a batch loses ground it cannot win back, and the
+      final magnitude cut then disagrees with the active set.
 
+    `GSMMomentum.for_budget(total_steps, compression=C)` sets all three:
+    `ramp_steps = total_steps // 2`, `passive_decay = 2.0`,
+    `importance="magnitude"`. Measured on the 10k-digit MNIST sample, 20
+    epochs, batch 64, `learning_rate=0.05, momentum=0.9, nesterov=True`
+    (`benchmarks/`): LeNet-300-100 at 60x 94.8 % (3 seeds) against 93.4 %
+    with the Taylor score and the other two options, and ~80 % with the paper's
+    constants unchanged (which need a long schedule); LeNet-5 at 125x 97.9 %
+    (dense: 96.1 % and 98.3 %).
 
     Args:
         learning_rate: float or schedule. Defaults to 0.01 (paper, MNIST).
@@ -70,6 +85,8 @@ class GSMMomentum(base.PruningSGD):
             `prunable(variable) -> bool`.
         ramp_steps: int >= 0; 0 (default) starts at the target compression.
         passive_decay: float >= 0 or None (default: `weight_decay`).
+        importance: "taylor" (default, the paper's `|g * w|`) or
+            "magnitude" (`|w|`), the score the global top-Q ranks.
         **kwargs: the standard Keras optimizer arguments (`clipnorm`,
             `global_clipnorm`, `clipvalue`, `use_ema`, `ema_momentum`,
             `ema_overwrite_frequency`, `loss_scale_factor`,
@@ -87,6 +104,7 @@ class GSMMomentum(base.PruningSGD):
         prunable=None,
         ramp_steps=0,
         passive_decay=None,
+        importance="taylor",
         name=None,
         **kwargs,
     ):
@@ -99,6 +117,11 @@ class GSMMomentum(base.PruningSGD):
             )
         if passive_decay is not None:
             passive_decay = base.check_non_negative(passive_decay, "passive_decay", owner)
+        if importance not in IMPORTANCES:
+            raise ValueError(
+                f"{owner}: `importance` must be one of {IMPORTANCES}. "
+                f"Received: importance={importance!r}"
+            )
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,
@@ -113,6 +136,30 @@ class GSMMomentum(base.PruningSGD):
         self.ratio = ratio
         self.ramp_steps = ramp_steps
         self.passive_decay = passive_decay
+        self.importance = importance
+
+    @classmethod
+    def for_budget(cls, total_steps, compression=None, sparsity=None, **kwargs):
+        """GSM set up to finish pruning within `total_steps` optimizer steps.
+
+        The recipe of the class docstring: the active count ramps to `Q` over
+        the first half, passive weights decay with strength 2.0 (gone within
+        a few dozen steps), and weights are ranked by magnitude. Any argument
+        of the constructor can be passed to override it.
+
+        Args:
+            total_steps: int >= 1, e.g. `epochs * steps_per_epoch` (divided by
+                `gradient_accumulation_steps` if used).
+            compression, sparsity: as for the constructor (exactly one).
+            **kwargs: other constructor arguments (`learning_rate`, ...).
+        """
+        if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
+            raise ValueError(
+                f"{cls.__name__}.for_budget: `total_steps` must be an int >= 1. "
+                f"Received: total_steps={total_steps!r}"
+            )
+        recipe = {"ramp_steps": total_steps // 2, "passive_decay": 2.0, "importance": "magnitude"}
+        return cls(compression=compression, sparsity=sparsity, **{**recipe, **kwargs})
 
     @property
     def kept_count(self):
@@ -141,10 +188,7 @@ class GSMMomentum(base.PruningSGD):
             if self._prunable_flags[self._get_variable_index(v)]
         ]
         dense = {i: base.dense_gradient(grads[i]) for i in indices}
-        scores = {
-            i: ops.abs(ops.cast(dense[i], "float32") * ops.cast(variables[i], "float32"))
-            for i in indices
-        }
+        scores = {i: self._score(dense[i], variables[i]) for i in indices}
         threshold = kth_largest([scores[i] for i in indices], self._active_count())
         grads = list(grads)
         for i in indices:
@@ -160,6 +204,13 @@ class GSMMomentum(base.PruningSGD):
             active = ops.logical_not(ops.less(scores[i], threshold))
             grads[i] = ops.where(active, dense[i], passive_grad)
         return grads
+
+    def _score(self, gradient, variable):
+        """The importance that ranks the weights: `|g * w|` (paper) or `|w|`."""
+        magnitude = ops.abs(ops.cast(variable, "float32"))
+        if self.importance == "magnitude":
+            return magnitude
+        return ops.multiply(ops.abs(ops.cast(gradient, "float32")), magnitude)
 
     def _extra_passive_decay(self, variable):
         """What passive weights get on top of the coupled decay in `update_step`."""
@@ -191,6 +242,7 @@ class GSMMomentum(base.PruningSGD):
                 "sparsity": self.sparsity,
                 "ramp_steps": self.ramp_steps,
                 "passive_decay": self.passive_decay,
+                "importance": self.importance,
             }
         )
         return config

@@ -82,6 +82,28 @@ def test_exactly_q_weights_receive_their_gradient():
     assert np.count_nonzero(w.numpy() != start) == math.ceil(2000 / 7)
 
 
+def test_magnitude_importance_gives_the_gradient_to_the_largest_weights():
+    rng = np.random.default_rng(4)
+    start = rng.standard_normal((30, 20)).astype("float32")
+    w = keras.Variable(start, name="kernel")
+    opt = ksm.GSMMomentum(0.1, weight_decay=0.0, compression=6, importance="magnitude")
+    opt.apply([rng.standard_normal((30, 20)).astype("float32")], [w])
+    moved = w.numpy() != start
+    largest = np.abs(start) >= np.sort(np.abs(start).ravel())[-100]
+    assert moved.sum() == 100
+    np.testing.assert_array_equal(moved, largest)
+
+
+def test_for_budget_sets_the_short_budget_recipe_and_prunes_exactly():
+    opt = ksm.GSMMomentum.for_budget(16, compression=10, learning_rate=0.05, momentum=0.9)
+    assert (opt.ramp_steps, opt.passive_decay, opt.importance) == (8, 2.0, "magnitude")
+    model = _train(opt, epochs=2)  # 16 steps of 32 examples
+    assert nonzeros(kernels(model)) == opt.kept_count
+    assert ksm.GSMMomentum.for_budget(16, compression=10, importance="taylor").importance == "taylor"
+    with pytest.raises(ValueError, match="`total_steps` must be an int >= 1"):
+        ksm.GSMMomentum.for_budget(0, compression=10)
+
+
 # -- exact compression --------------------------------------------------------
 
 
@@ -211,7 +233,8 @@ def test_sparse_embedding_gradients_work():
 def test_config_round_trip():
     schedule = keras.optimizers.schedules.CosineDecay(0.1, 100)
     opt = ksm.GSMMomentum(schedule, momentum=0.95, weight_decay=1e-4, sparsity=0.75,
-                          nesterov=True, ramp_steps=50, passive_decay=1e-2, clipnorm=1.0)
+                          nesterov=True, ramp_steps=50, passive_decay=1e-2, importance="magnitude",
+                          clipnorm=1.0)
     config = opt.get_config()
     clone = ksm.GSMMomentum.from_config(config)
     assert clone.get_config() == config
@@ -255,6 +278,7 @@ def test_save_load_and_resume_equal_uninterrupted(tmp_path):
         ({"compression": 2, "ramp_steps": -1}, "`ramp_steps` must be an int >= 0"),
         ({"compression": 2, "passive_decay": -1.0}, "`passive_decay` must be a finite number >= 0"),
         ({"compression": 2, "prunable": "kernel"}, "`prunable` must be None"),
+        ({"compression": 2, "importance": "hessian"}, "`importance` must be one of"),
     ],
 )
 def test_invalid_arguments_are_rejected_at_construction(kwargs, match):

@@ -1,0 +1,52 @@
+"""Structured pruning rows (C-SGD, AOFP, L1-norm filter pruning) from optional modules.
+
+Other parts of the project provide `benchmarks/csgd_resnet.py` and
+`benchmarks/aofp_cnn.py`, each with `run(quick) -> list[dict]` (one dict per
+table row, same keys within a module). A module that is absent is skipped with
+a note.
+"""
+
+import importlib
+
+NAME = "structured"
+TITLE = "Structured pruning: accuracy vs FLOPs kept, TFLite size and latency"
+MODULES = ("csgd_resnet", "aofp_cnn")
+
+
+def run(opts, previous=None):
+    tables, notes = {}, []
+    for name in MODULES:
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"benchmarks.{name}":
+                raise
+            notes.append(f"`benchmarks/{name}.py` is not in this build yet: its rows are skipped.")
+            continue
+        print(f"  {name}", flush=True)
+        tables[name] = module.run(opts.quick)
+    return {"tables": tables, "notes": notes}
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render(results, out):
+    lines = []
+    for name, rows in results["tables"].items():
+        if not rows:
+            continue
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        lines += [
+            f"### {name}",
+            "",
+            "| " + " | ".join(columns) + " |",
+            "|" + "---|" * len(columns),
+        ]
+        lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+        lines.append("")
+    lines += [f"Note: {note}" for note in results["notes"]]
+    return "\n".join(lines)

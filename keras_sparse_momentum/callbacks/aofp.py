@@ -1,0 +1,439 @@
+"""AOFP: approximated oracle filter pruning, during `fit`, down to a FLOPs target."""
+
+import time
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_sparse_momentum.callbacks.halving_search import HalvingSearch
+from keras_sparse_momentum.callbacks.prune_to_ratio import _MaskConstraint
+from keras_sparse_momentum.surgery.dead_units import _readers, _rows
+from keras_sparse_momentum.surgery.flops import kernel_macs
+from keras_sparse_momentum.surgery.graph import ChannelGraph
+
+RESIDUAL = ("together", "skip")
+
+
+def _check_int(value, name, low, owner="AOFP"):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{owner}: `{name}` must be an int >= {low}. Received: {name}={value!r}")
+    return value
+
+
+def _following_batch_norm(channel_graph, node):
+    """The BatchNormalization that reads `node`'s output directly, if any."""
+    output = node.outputs[0]
+    for other in channel_graph.nodes:
+        if isinstance(other.operation, keras.layers.BatchNormalization) and any(
+            t is output for t in other.input_tensors
+        ):
+            return other.operation
+    return None
+
+
+class _Probe:
+    """Where one target space is read, and how to measure the damage there.
+
+    `entries`: (consumer, batch norm or None, index of the consumer's input in
+    the probe model's outputs, rows of that input per channel of the space).
+    """
+
+    def __init__(self, space, name, entries):
+        self.space = space
+        self.name = name
+        self.entries = entries
+
+
+class AOFP(keras.callbacks.Callback):
+    """Approximated oracle filter pruning (Ding et al., ICML 2019) as a callback.
+
+    Finds how many filters every layer can lose, by binary search on the
+    damage their removal does to the *next* layer's output, while the model
+    trains, until the model's FLOPs fall to `target_flops` of the original.
+
+    Per target layer (or group of layers tied by residual `Add`s, pruned
+    together) a `HalvingSearch` holds the pruned filters and a search space
+    (at first all live filters). Every `measure_every` training steps, on a
+    random sub-batch of the held `probe_data`, every active layer masks a
+    random half of its search space and measures, at the input of every layer
+    that reads it (followed by its BatchNormalization if one reads it
+    directly, inference mode), the relative damage
+
+        t = sum ||y_base - y_ablated||^2 / sum ||y_base||^2
+
+    and adds `t` to the score of each masked filter. The ablation is done on
+    the consumers' inputs, outside the training step: the model trains on the
+    un-ablated path, and all layers share one forward pass of the probe. After
+    `iters_per_half` measurements the halving rule decides: if the `half =
+    |search| // 2` filters of lowest mean score average below `thresh`, they
+    are pruned (only as many as the FLOPs target still needs) and the search
+    restarts on the live filters; else the search space shrinks to them
+    (`half > 1`) or restarts. Layer `i` (in graph order) starts at
+    `begin_step + i * stagger`, so decisions of different layers do not
+    coincide. Pruning stops when the FLOPs reach the target; training goes on
+    (fine-tuning the pruned network).
+
+    A pruned filter is masked in the real model: its producer kernel column
+    and bias, and the gamma and beta of its BatchNormalization (the bias of a
+    DepthwiseConv on the way), are multiplied by a 0/1 mask after every
+    optimizer update (a variable constraint, inside the compiled step), so
+    the channel is exactly zero. At `on_train_end` the masks are applied once
+    more (after an EMA swap) and the constraints removed: `ksm.strip(model)`
+    then removes the pruned filters physically (dead-unit path) with the same
+    outputs.
+
+    The search lives within one `fit` call (steps count from its start); a
+    later `fit` with a new AOFP starts from the weights as they are, so run
+    the search and its fine-tuning in one `fit`, or `strip` in between.
+
+    FLOPs are the dense multiply-accumulates of the Dense/Conv kernels per
+    example (`sparsity_report(...).dense_macs`), of the model `strip` would
+    build; `flops_ratio` is that count over the original's.
+
+    Args:
+        target_flops: the fraction of the original FLOPs to keep, in (0, 1);
+            e.g. 0.5 removes half the multiply-accumulates.
+        thresh: damage threshold of the halving rule (paper: 0.01 on CIFAR).
+        iters_per_half: measurements before each decision (paper: 1000, one
+            per step; here one every `measure_every` steps).
+        layers: None (every layer whose channels can be removed: not feeding
+            a model output, a Flatten into an output, or an unsupported layer)
+            or a list of Dense/Conv layer names.
+        probe_data: held inputs (array, or list/dict for several inputs) on
+            which the damage is measured; a few hundred training examples.
+        measure_every: training steps between measurements (>= 1).
+        probe_batch_size: examples per measurement, drawn at random from
+            `probe_data`.
+        begin_step: training step (of this `fit`) at which the first layer
+            starts searching; let BatchNorm statistics settle first.
+        stagger: steps between the starts of consecutive layers; default
+            `iters_per_half * measure_every // number of layers`.
+        min_filters: never prune a layer below this many filters.
+        residual: "together" (layers tied by residual `Add`s form one target
+            whose filters are pruned in all of them) or "skip" (leave them).
+        thresh_growth: >= 1. Not in the paper: after every round in which
+            each layer still searching has ended at least one binary search
+            (pruning or not) at the current threshold and the target is still
+            not met, multiply the threshold by this, so that the target is
+            reached within a training budget. 1 (default) keeps the paper's
+            fixed threshold.
+        seed: seed of the random halves and sub-batches.
+        verbose: 1 prints every pruning decision.
+
+    Attributes (after `fit`): `flops_ratio`, `widths` ({target name: live
+    filters}), `original_widths`, `events` (one dict per pruning),
+    `measurements`, `measure_seconds` (time spent measuring),
+    `target_reached`, `thresh_reached` (the threshold at the end).
+    """
+
+    def __init__(
+        self,
+        target_flops,
+        thresh=0.01,
+        iters_per_half=50,
+        layers=None,
+        *,
+        probe_data,
+        measure_every=4,
+        probe_batch_size=64,
+        begin_step=0,
+        stagger=None,
+        min_filters=1,
+        residual="together",
+        thresh_growth=1.0,
+        seed=None,
+        verbose=0,
+    ):
+        super().__init__()
+        ok = isinstance(target_flops, (int, float)) and not isinstance(target_flops, bool)
+        if not (ok and 0 < target_flops < 1):
+            raise ValueError(
+                "AOFP: `target_flops` (fraction of the original FLOPs to keep) must be "
+                f"a number in (0, 1). Received: target_flops={target_flops!r}"
+            )
+        if not (isinstance(thresh, (int, float)) and 0 < thresh < float("inf")):
+            raise ValueError(
+                f"AOFP: `thresh` must be a finite number > 0. Received: thresh={thresh!r}"
+            )
+        _check_int(iters_per_half, "iters_per_half", 1)
+        _check_int(measure_every, "measure_every", 1)
+        _check_int(probe_batch_size, "probe_batch_size", 1)
+        _check_int(begin_step, "begin_step", 0)
+        _check_int(min_filters, "min_filters", 1)
+        if stagger is not None:
+            _check_int(stagger, "stagger", 0)
+        if not (isinstance(thresh_growth, (int, float)) and 1 <= thresh_growth < float("inf")):
+            raise ValueError(
+                "AOFP: `thresh_growth` must be a finite number >= 1. "
+                f"Received: thresh_growth={thresh_growth!r}"
+            )
+        if residual not in RESIDUAL:
+            raise ValueError(
+                f"AOFP: `residual` must be one of {RESIDUAL}. Received: residual={residual!r}"
+            )
+        if layers is not None and (
+            isinstance(layers, str) or not all(isinstance(n, str) for n in layers)
+        ):
+            raise ValueError(
+                f"AOFP: `layers` must be None or a list of layer names. Received: {layers!r}"
+            )
+        if probe_data is None:
+            raise ValueError(
+                "AOFP: `probe_data` (held inputs to measure the damage on) is required."
+            )
+        self.target_flops = float(target_flops)
+        self.thresh = float(thresh)
+        self.iters_per_half = iters_per_half
+        self.layers = None if layers is None else list(layers)
+        self.probe_data = probe_data
+        self.measure_every = measure_every
+        self.probe_batch_size = probe_batch_size
+        self.begin_step = begin_step
+        self.stagger = stagger
+        self.min_filters = min_filters
+        self.residual = residual
+        self.thresh_growth = float(thresh_growth)
+        self.seed = seed
+        self.verbose = verbose
+
+    # -- set-up -------------------------------------------------------------
+
+    def _targets(self, graph):
+        candidates = [s for s in graph.base_spaces() if _readers(graph, s)]
+        if self.residual == "skip":
+            candidates = [s for s in candidates if len(s.producers) == 1]
+        if self.layers is None:
+            return candidates
+        by_name = {
+            layer.name: s for s in graph.base_spaces(include_pinned=True) for layer in s.producers
+        }
+        chosen = []
+        for name in self.layers:
+            space = by_name.get(name)
+            if space is None:
+                raise ValueError(
+                    f"AOFP: `layers` names '{name}', which is not a Dense/Conv layer of the model."
+                )
+            if space not in candidates:
+                why = "; ".join(space.pins) or (
+                    "tied to other layers by a residual Add (residual='skip')"
+                    if len(space.producers) > 1
+                    else "nothing reads it"
+                )
+                raise ValueError(f"AOFP: the filters of '{name}' cannot be pruned: {why}.")
+            if space not in chosen:
+                chosen.append(space)
+        return [s for s in candidates if s in chosen]
+
+    def _probe(self, graph, space, tensors):
+        entries = []
+        for consumer, reading in _readers(graph, space):
+            rows = [_rows(reading, space, c) for c in range(space.width)]
+            for node in graph.calls(consumer):
+                tensor = node.input_tensors[0]
+                if graph.space_of(tensor) is not reading:
+                    continue
+                if not any(tensor is t for t in tensors):
+                    tensors.append(tensor)
+                index = next(i for i, t in enumerate(tensors) if t is tensor)
+                entries.append((consumer, _following_batch_norm(graph, node), index, rows))
+        name = "+".join(layer.name for layer in space.producers)
+        return _Probe(space, name, entries)
+
+    def _mask_space(self, space, mask):
+        """Hold the space's channels at `mask` through variable constraints."""
+        variables = []
+        for layer in space.producers:
+            kernel = layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
+            variables += [kernel, layer.bias]
+        for layer in space.transformers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                variables += [layer.gamma, layer.beta]
+            elif hasattr(layer, "depthwise_kernel"):
+                variables.append(layer.bias)
+        for variable in variables:
+            if variable is not None:
+                self._constrained.append((variable, variable.constraint))
+                variable.constraint = _MaskConstraint(mask, variable.constraint)
+
+    def on_train_begin(self, logs=None):
+        graph = ChannelGraph(self.model)
+        self._graph = graph
+        spaces = self._targets(graph)
+        if not spaces:
+            raise ValueError(
+                f"AOFP: model '{self.model.name}' has no layer whose filters can be "
+                f"pruned. Reasons: {graph.unsupported or 'every space is pinned'}"
+            )
+        tensors = []
+        self._probes = [self._probe(graph, s, tensors) for s in spaces]
+        inputs = graph.inputs[0] if len(graph.inputs) == 1 else graph.inputs
+        probe_model = keras.Model(inputs, tensors)
+        # Compiled once per target (the argument `i` is static): a measurement
+        # costs one forward pass of the probe plus two calls of each next layer.
+        self._forward = tf.function(lambda batch: probe_model(batch, training=False))
+        self._damage_fn = tf.function(self._damage)
+        self._searches = [
+            HalvingSearch(s.width, self.iters_per_half, self.thresh, self.min_filters)
+            for s in spaces
+        ]
+        with self.model.distribute_strategy.scope():
+            self._masks = [
+                keras.Variable(np.ones(s.width, "float32"), trainable=False, name="aofp_mask")
+                for s in spaces
+            ]
+        self._constrained = []
+        for space, mask in zip(spaces, self._masks):
+            self._mask_space(space, mask)
+        self.model.make_train_function(force=True)
+        stagger = self.stagger
+        if stagger is None:
+            stagger = self.iters_per_half * self.measure_every // len(spaces)
+        self._starts = [self.begin_step + i * stagger for i in range(len(spaces))]
+        self._rng = np.random.default_rng(self.seed)
+        self._n_probe = len(keras.tree.flatten(self.probe_data)[0])
+        self._original_flops = kernel_macs(graph)
+        self._step = 0
+        self.original_widths = {p.name: p.space.width for p in self._probes}
+        self.events = []
+        self.measurements = 0
+        self.measure_seconds = 0.0
+        self.thresh_reached = self.thresh
+        self._rounds_at_raise = [0] * len(spaces)
+        self._update_flops()
+
+    # -- measuring and deciding -----------------------------------------------
+
+    def _widths(self, extra=None):
+        widths = {p.space.id: len(s.live) for p, s in zip(self._probes, self._searches)}
+        if extra is not None:
+            widths[extra[0]] += -extra[1]
+        return widths
+
+    def _update_flops(self):
+        self.flops_ratio = kernel_macs(self._graph, self._widths()) / self._original_flops
+        self.widths = {p.name: len(s.live) for p, s in zip(self._probes, self._searches)}
+        self.target_reached = self.flops_ratio <= self.target_flops
+
+    def _budget(self, probe, search):
+        """How many of the candidates still need to go to reach the target."""
+        target = self.target_flops * self._original_flops
+        half = len(search.candidates())
+        for k in range(1, half + 1):
+            if kernel_macs(self._graph, self._widths((probe.space.id, k))) <= target:
+                return k
+        return half
+
+    def _sub_batch(self):
+        n = min(self.probe_batch_size, self._n_probe)
+        index = np.sort(self._rng.choice(self._n_probe, size=n, replace=False))
+        return keras.tree.map_structure(lambda a: np.asarray(a)[index], self.probe_data)
+
+    def _damage(self, i, outputs, keeps):
+        """(sum ||y_base - y_ablated||^2, sum ||y_base||^2) of probe `i`."""
+        ops = keras.ops
+        damage = power = 0.0
+        for (consumer, batch_norm, index, _), keep in zip(self._probes[i].entries, keeps):
+            x = outputs[index]
+            base, ablated = consumer(x), consumer(x * keep)
+            if batch_norm is not None:
+                base = batch_norm(base, training=False)
+                ablated = batch_norm(ablated, training=False)
+            damage += ops.sum(ops.square(base - ablated))
+            power += ops.sum(ops.square(base))
+        return damage, power
+
+    def _measure(self, active):
+        outputs = self._forward(self._sub_batch())
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for i in active:
+            probe, search = self._probes[i], self._searches[i]
+            masked = search.sample(self._rng)
+            keeps = []
+            for _, _, index, rows in probe.entries:
+                keep = np.ones(outputs[index].shape[-1], "float32")
+                for c in masked:
+                    keep[rows[c]] = 0.0
+                keeps.append(keep)
+            damage, power = self._damage_fn(i, outputs, keeps)
+            search.record(masked, float(damage) / max(float(power), 1e-30))
+
+    def _prune(self, i, channels, damage):
+        probe, mask = self._probes[i], self._masks[i]
+        keep = keras.ops.convert_to_numpy(mask).copy()
+        keep[channels] = 0.0
+        mask.assign(keep)
+        for variable, _ in self._constrained:
+            variable.assign(variable.constraint(variable))
+        self._update_flops()
+        self.events.append(
+            dict(step=self._step, layer=probe.name, pruned=list(channels),
+                 live=len(self._searches[i].live), damage=damage, flops_ratio=self.flops_ratio)
+        )
+        if self.verbose:
+            print(
+                f"AOFP step {self._step}: {probe.name} -{len(channels)} -> "
+                f"{len(self._searches[i].live)} filters (damage {damage:.4f}), "
+                f"FLOPs {self.flops_ratio:.3f}"
+            )
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.target_reached or self._step % self.measure_every:
+            return
+        active = [
+            i
+            for i, s in enumerate(self._searches)
+            if self._step >= self._starts[i] and not s.finished
+        ]
+        if not active:
+            return
+        start = time.perf_counter()
+        self._measure(active)
+        self.measurements += 1
+        for i in active:
+            search = self._searches[i]
+            if not search.ready or self.target_reached:
+                continue
+            candidates = search.candidates()
+            damage = float(np.mean([search.mean_score(c) for c in candidates]))
+            pruned = search.decide(self._budget(self._probes[i], search))
+            if pruned:
+                self._prune(i, pruned, damage)
+        self._relax_threshold()
+        self.measure_seconds += time.perf_counter() - start
+
+    def _relax_threshold(self):
+        """Raise the threshold after a full round of searches that left the target unmet."""
+        if self.thresh_growth == 1 or self.target_reached or self._step < self._starts[-1]:
+            return
+        searching = [i for i, s in enumerate(self._searches) if not s.finished]
+        if searching and all(
+            self._searches[i].rounds > self._rounds_at_raise[i] for i in searching
+        ):
+            self.thresh_reached *= self.thresh_growth
+            for search in self._searches:
+                search.thresh = self.thresh_reached
+            self._rounds_at_raise = [s.rounds for s in self._searches]
+            if self.verbose:
+                print(f"AOFP step {self._step}: thresh raised to {self.thresh_reached:.4g}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["flops_ratio"] = self.flops_ratio
+
+    def on_train_end(self, logs=None):
+        for variable, constraint in self._constrained:
+            variable.assign(variable.constraint(variable))
+            variable.constraint = constraint
+        self._constrained = []
+        self.model.make_train_function(force=True)
+        if not self.target_reached:
+            warnings.warn(
+                f"AOFP reached {self.flops_ratio:.3f} of the original FLOPs, not the "
+                f"target {self.target_flops}: train longer, raise `thresh`, or lower "
+                "`iters_per_half` / `measure_every`.",
+                stacklevel=2,
+            )

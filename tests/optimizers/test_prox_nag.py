@@ -1,0 +1,219 @@
+"""ProxNAG: Nesterov golden equality, the soft threshold, exact zeros, and the Keras feature matrix."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sparse_momentum as ksm
+from keras_sparse_momentum.optimizers.prox_nag import soft_threshold
+from support import classification_data, compile_for_test, kernels, mlp, nonzeros
+
+
+class _Trajectory(keras.callbacks.Callback):
+    """Records every weight after every step (the extrapolated point `w` for ProxNAG)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([keras.ops.convert_to_numpy(w) for w in self.model.weights])
+
+
+def _train(optimizer, epochs=2, jit_compile=False, model=None, n=128, **fit_kwargs):
+    keras.utils.set_random_seed(0)
+    model = model or mlp()
+    x, y = classification_data(n=n)
+    compile_for_test(model, optimizer, jit_compile=jit_compile)
+    trajectory = _Trajectory()
+    model.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0,
+              callbacks=[trajectory], **fit_kwargs)
+    return model, trajectory.steps
+
+
+def _numpy(variables):
+    return [keras.ops.convert_to_numpy(v) for v in variables]
+
+
+# -- golden equalities ----------------------------------------------------------
+
+
+def test_l1_zero_is_keras_nesterov_sgd_at_every_step():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, 4, 0.9)
+    prox, prox_steps = _train(ksm.ProxNAG(schedule, momentum=0.9, l1=0.0))
+    sgd_opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+    sgd, sgd_steps = _train(sgd_opt)
+    assert len(prox_steps) == 8
+    for step_a, step_b in zip(prox_steps, sgd_steps):  # training holds the Nesterov point
+        for a, b in zip(step_a, step_b):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    # At the end the kernels receive w~ = Keras's w - momentum * velocity.
+    for variable, prox_kernel in zip(kernels(sgd), kernels(prox)):
+        velocity = sgd_opt.momentums[sgd_opt._get_variable_index(variable)]
+        expected = variable.numpy() - 0.9 * velocity.numpy()
+        np.testing.assert_allclose(prox_kernel.numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_soft_threshold_matches_numpy():
+    x = np.random.default_rng(0).standard_normal(1000).astype("float32")
+    x[:5] = [0.3, -0.3, 0.0, 0.2999, -0.3001]
+    expected = np.sign(x) * np.maximum(np.abs(x) - 0.3, 0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(soft_threshold(x, 0.3)), expected)
+
+
+def _numpy_prox_nag(weights, grads_per_step, lr, momentum, l1):
+    """The paper's Algorithm 1, with kernels (ndim >= 2) prunable and biases Nesterov."""
+    w = [np.array(v, np.float64) for v in weights]
+    tilde = [v.copy() for v in w]
+    vel = [np.zeros_like(v) for v in w]
+    for grads in grads_per_step:
+        for i, g in enumerate(grads):
+            if w[i].ndim >= 2:
+                hat = w[i] - lr * g
+                new = np.sign(hat) * np.maximum(np.abs(hat) - lr * l1, 0)
+                w[i] = new + momentum * (new - tilde[i])
+                tilde[i] = new
+            else:
+                vel[i] = momentum * vel[i] - lr * g
+                w[i] = w[i] + momentum * vel[i] - lr * g
+    return w, tilde
+
+
+def test_steps_match_the_numpy_reference_and_finalize_writes_the_sparse_iterate():
+    rng = np.random.default_rng(0)
+    shapes = [(6, 5), (5,)]
+    values = [rng.standard_normal(s).astype("float32") * 0.3 for s in shapes]
+    variables = [keras.Variable(v, name=n) for v, n in zip(values, ["kernel", "bias"])]
+    steps = [[rng.standard_normal(s).astype("float32") for s in shapes] for _ in range(4)]
+    opt = ksm.ProxNAG(0.1, momentum=0.9, l1=1.0)
+    for grads in steps:
+        opt.apply(grads, variables)
+    w, tilde = _numpy_prox_nag(values, steps, 0.1, 0.9, 1.0)
+    np.testing.assert_allclose(variables[0].numpy(), w[0], atol=1e-6)
+    np.testing.assert_allclose(variables[1].numpy(), w[1], atol=1e-6)
+    np.testing.assert_allclose(opt.sparse_iterate(variables[0]).numpy(), tilde[0], atol=1e-6)
+    opt.finalize_variable_values(variables)
+    assert np.count_nonzero(tilde[0]) < tilde[0].size  # the threshold produced zeros
+    np.testing.assert_array_equal(variables[0].numpy() == 0, tilde[0] == 0)
+    np.testing.assert_allclose(variables[1].numpy(), w[1], atol=1e-6)  # biases keep w
+
+
+# -- exact zeros ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_leaves_the_sparse_iterate_with_exact_zeros(jit_compile):
+    opt = ksm.ProxNAG(0.05, momentum=0.9, l1=0.2)
+    model, steps = _train(opt, epochs=3, jit_compile=jit_compile)
+    for variable in kernels(model):
+        np.testing.assert_array_equal(variable.numpy(), opt.sparse_iterate(variable).numpy())
+    total = sum(v.numpy().size for v in kernels(model))
+    assert 0.2 * total < total - nonzeros(kernels(model)) < total
+    # During training the model held the extrapolated point, which is not sparse.
+    assert sum(np.count_nonzero(w) for w in steps[-1][::2]) > nonzeros(kernels(model))
+    biases = [v for v in model.trainable_variables if v.name == "bias"]
+    assert nonzeros(biases) > 0.9 * sum(v.numpy().size for v in biases)
+
+
+def test_l1_schedule_and_assignment():
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([6], [0.0, 0.5])
+    opt = ksm.ProxNAG(0.05, l1=schedule)
+    model, _ = _train(opt, epochs=3)
+    assert float(keras.ops.convert_to_numpy(opt.l1)) == 0.5
+    assert nonzeros(kernels(model)) < sum(v.numpy().size for v in kernels(model))
+    with pytest.raises(TypeError, match="schedule"):
+        opt.l1 = 0.1
+    fixed = ksm.ProxNAG(l1=0.1)
+    fixed.l1 = 0.2
+    assert fixed.get_config()["l1"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="`l1` must be a finite number >= 0"):
+        fixed.l1 = -1.0
+
+
+def test_only_non_prunable_variables_get_a_momentum_slot():
+    opt = ksm.ProxNAG(0.05)
+    model, _ = _train(opt, epochs=1)
+    slots = [v for v in opt.variables if v.name.endswith(("_momentum", "_sparse_iterate"))]
+    assert len(slots) == len(model.trainable_variables) == 6
+    assert sum(v.name.endswith("_sparse_iterate") for v in slots) == 3
+
+
+# -- the Keras feature matrix -----------------------------------------------------
+
+
+def test_ema_averages_the_sparse_iterate_on_its_support():
+    opt = ksm.ProxNAG(0.05, momentum=0.9, l1=0.05, use_ema=True, ema_momentum=0.5)
+    model, _ = _train(opt, epochs=3)
+    for variable in kernels(model):
+        index = opt._get_variable_index(variable)
+        iterate = opt.sparse_iterate(variable).numpy()
+        average = opt._model_variables_moving_average[index].numpy()
+        np.testing.assert_array_equal(variable.numpy(), np.where(iterate != 0, average, 0))
+        assert not np.array_equal(variable.numpy(), iterate)
+
+
+def test_mixed_precision_and_gradient_accumulation():
+    keras.config.set_dtype_policy("mixed_float16")
+    opt = ksm.ProxNAG(0.05, l1=0.05, gradient_accumulation_steps=2)
+    model, _ = _train(opt, epochs=2)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    for variable in kernels(model):
+        np.testing.assert_array_equal(variable.numpy(), opt.sparse_iterate(variable).numpy())
+    assert nonzeros(kernels(model)) < sum(v.numpy().size for v in kernels(model))
+
+
+def test_config_round_trip():
+    opt = ksm.ProxNAG(keras.optimizers.schedules.CosineDecay(0.1, 100), momentum=0.95,
+                      l1=keras.optimizers.schedules.PolynomialDecay(0.0, 100, 1e-3), clipnorm=1.0)
+    config = opt.get_config()
+    assert "nesterov" not in config
+    clone = ksm.ProxNAG.from_config(config)
+    assert clone.get_config() == config
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).get_config() == config
+    plain = ksm.ProxNAG(l1=3e-4, momentum=0.8)
+    assert ksm.ProxNAG.from_config(plain.get_config()).get_config() == plain.get_config()
+
+
+def test_save_load_and_resume_equal_uninterrupted(tmp_path):
+    x, y = classification_data()
+    path = tmp_path / "checkpoint.keras"
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        return compile_for_test(mlp(), ksm.ProxNAG(0.05, momentum=0.9, l1=0.03))
+
+    uninterrupted = fresh()
+    uninterrupted.fit(x, y, batch_size=32, epochs=4, shuffle=False, verbose=0)
+    interrupted = fresh()
+    checkpoint = keras.callbacks.ModelCheckpoint(str(path))  # mid-training: w and w~ both saved
+    interrupted.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[checkpoint])
+    resumed = keras.saving.load_model(str(path))  # no custom_objects
+    assert isinstance(resumed.optimizer, ksm.ProxNAG)
+    resumed.fit(x, y, batch_size=32, epochs=4, initial_epoch=2, shuffle=False, verbose=0)
+    for a, b in zip(_numpy(resumed.weights), _numpy(uninterrupted.weights)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    assert nonzeros(kernels(resumed)) == nonzeros(kernels(uninterrupted))
+
+
+# -- bad input ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"l1": -1e-3}, "`l1` must be a finite number >= 0"),
+        ({"l1": float("inf")}, "`l1` must be a finite number >= 0"),
+        ({"l1": "big"}, "`l1` must be a finite number >= 0"),
+        ({"momentum": 1.0}, r"`momentum` must be a number in \[0, 1\)"),
+        ({"momentum": -0.1}, r"`momentum` must be a number in \[0, 1\)"),
+        ({"prunable": "kernel"}, "`prunable` must be None"),
+    ],
+)
+def test_invalid_arguments_are_rejected_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ksm.ProxNAG(**kwargs)
+
+
+def test_nothing_to_prune_is_a_clear_error():
+    with pytest.raises(ValueError, match="found nothing to prune"):
+        _train(ksm.ProxNAG(prunable=lambda v: False), epochs=1)

@@ -1,0 +1,181 @@
+"""strip: dead units leave, the function stays (relative error <= 1e-4)."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sparse_momentum as ksm
+from keras_sparse_momentum.surgery.strip import max_relative_error
+import support
+
+
+def _probe(shape, n=16, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype("float32")
+
+
+def _randomize(model, seed=0):
+    """Nonzero biases and BatchNorm statistics, so folding constants matters."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n),
+                 rng.uniform(0.5, 2.0, n)]
+            )
+        elif getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0, 0.5, layer.bias.shape).astype("float32"))
+
+
+def _zero(variable, index, axis=-1):
+    value = keras.ops.convert_to_numpy(variable).copy()
+    np.moveaxis(value, axis, 0)[index] = 0.0
+    variable.assign(value)
+
+
+def _units(model):
+    return {
+        layer.name: (getattr(layer, "units", None) or getattr(layer, "filters", None))
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+    }
+
+
+def test_mlp_dead_and_unread_units_removed_bias_folded():
+    model = support.mlp(inputs=6, hidden=(8, 5), outputs=3)
+    _randomize(model)
+    first, second, last = model.layers
+    _zero(first.kernel, [1, 4])  # incoming weights zero: units 1, 4 output relu(bias)
+    _zero(second.kernel, [2], axis=0)  # hidden unit 2 of layer 1 is never read
+    _zero(last.kernel, [0], axis=0)  # unit 0 of layer 2 is never read
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+
+    slim = ksm.strip(model)
+
+    assert [l.units for l in slim.layers if isinstance(l, keras.layers.Dense)] == [5, 4, 3]
+    x = _probe((6,))
+    assert max_relative_error(model, slim, x) <= 1e-5
+    # The source is untouched.
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+    assert slim is not model and slim.name == f"{model.name}_stripped"
+
+
+def test_cnn_batchnorm_flatten_dense():
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(6, 3, padding="valid")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(4)(x)
+    model = keras.Model(inputs, outputs)
+    _randomize(model)
+    conv = model.layers[1]
+    _zero(conv.kernel, [0, 3, 5])
+
+    slim = ksm.strip(model)
+
+    slim_conv = [l for l in slim.layers if isinstance(l, keras.layers.Conv2D)][0]
+    slim_dense = [l for l in slim.layers if isinstance(l, keras.layers.Dense)][0]
+    assert slim_conv.filters == 3
+    assert slim_dense.kernel.shape == (3 * 3 * 3, 4)  # Flatten rows sliced per position
+    assert max_relative_error(model, slim, _probe((8, 8, 2))) <= 1e-5
+    assert slim.count_params() < model.count_params()
+
+
+def _residual(filters=4):
+    inputs = keras.Input((6, 6, 3))
+    stem = keras.layers.Conv2D(filters, 1, name="stem")(inputs)
+    a = keras.layers.Conv2D(filters, 1, name="a")(stem)
+    a = keras.layers.ReLU()(a)
+    b = keras.layers.Conv2D(filters, 1, name="b")(a)
+    added = keras.layers.Add()([stem, b])
+    pooled = keras.layers.GlobalAveragePooling2D()(added)
+    outputs = keras.layers.Dense(2, name="head")(pooled)
+    return keras.Model(inputs, outputs)
+
+
+def test_residual_channel_goes_only_when_dead_on_every_branch():
+    model = _residual()
+    _randomize(model)
+    _zero(model.get_layer("stem").kernel, [1, 2])
+    _zero(model.get_layer("b").kernel, [1])  # channel 1 is constant on both sides of the Add
+
+    slim = ksm.strip(model)
+
+    # Channel 1 is gone from the tied pair (stem, b); channel 2 still flows through b.
+    assert slim.get_layer("stem").filters == 3 and slim.get_layer("b").filters == 3
+    assert max_relative_error(model, slim, _probe((6, 6, 3))) <= 1e-5
+
+
+def test_concatenate_offsets():
+    inputs = keras.Input((5,))
+    left = keras.layers.Dense(4, activation="relu", name="left")(inputs)
+    right = keras.layers.Dense(3, activation="tanh", name="right")(inputs)
+    joined = keras.layers.Concatenate()([left, right])
+    outputs = keras.layers.Dense(2, name="head")(joined)
+    model = keras.Model(inputs, outputs)
+    _randomize(model)
+    _zero(model.get_layer("right").kernel, [0, 2])
+    _zero(model.get_layer("head").kernel, [1], axis=0)  # left unit 1 never read
+
+    slim = ksm.strip(model)
+
+    assert slim.get_layer("left").units == 3 and slim.get_layer("right").units == 1
+    assert slim.get_layer("head").kernel.shape == (4, 2)
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-5
+
+
+class _Scale(keras.layers.Layer):
+    """A layer strip does not know: channels behind it must stay."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+def test_unknown_layer_is_left_alone():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(6, activation="relu", name="hidden")(inputs)
+    scaled = _Scale()(hidden)
+    outputs = keras.layers.Dense(3, name="head")(scaled)
+    model = keras.Model(inputs, outputs)
+    _randomize(model)
+    _zero(model.get_layer("hidden").kernel, [0, 1])
+
+    slim = ksm.strip(model)
+
+    assert slim.get_layer("hidden").units == 6
+    assert max_relative_error(model, slim, _probe((4,))) <= 1e-6
+
+
+def test_pruned_model_strips_to_fewer_parameters_same_outputs():
+    model = support.mlp(inputs=16, hidden=(64, 32), outputs=4)
+    x, y = support.classification_data(n=256)
+    support.compile_for_test(model, keras.optimizers.SGD(0.05, momentum=0.9))
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0,
+              callbacks=[ksm.PruneToRatio(compression=40, scope="global")])
+    report = ksm.sparsity_report(model)
+    assert report.nonzeros == int(np.ceil(report.prunable / 40))
+
+    slim = ksm.strip(model)
+
+    assert slim.count_params() < model.count_params()
+    assert max_relative_error(model, slim, x[:64]) <= 1e-4
+    # Weights into unread units and out of constant units go too.
+    assert ksm.sparsity_report(slim).nonzeros <= report.nonzeros
+
+
+def test_subclassed_model_rejected_with_reason():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Net()
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(ValueError, match="subclassed|functional"):
+        ksm.strip(model)

@@ -1,0 +1,71 @@
+"""The benchmark entry point produces every number of its fast subset (not their values)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NUMBER = r"-?\d+\.\d+"
+
+
+@pytest.fixture(scope="module")
+def results_md(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "accuracy,cost,structured",
+         "--grid", "lenet300:60", "--methods", "dense,gsm_short,gsm_paper,gmp,tfmot",
+         "--cost-models", "lenet300", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "accuracy_lenet300.png", "selection_scaling.png"]
+    return (out / "RESULTS.md").read_text()
+
+
+def test_header_states_machine_versions_and_date(results_md):
+    assert re.search(r"- Machine: \d+ cores, ", results_md)
+    assert re.search(r"- Versions: python [\d.]+, tensorflow [\d.]+, keras [\d.]+", results_md)
+    assert re.search(r"_Measured \d{4}-\d\d-\d\dT\d\d:\d\d \(quick mode", results_md)
+
+
+@pytest.mark.parametrize("method", [
+    "dense \\(SGD\\)", "GSM \\(short-budget options\\)", "GSM \\(paper defaults\\)",
+    "GMP: ksm.PruneToRatio polynomial \\+ SGD", "tfmot prune_low_magnitude \\(tf_keras\\)"])
+def test_accuracy_rows_have_numbers(results_md, method):
+    compression = "1x" if method.startswith("dense") else "60x"
+    row = re.search(rf"^\| LeNet-300-100 \| {compression} \| {method} \| 2 \(1024 imgs\) \| 1 "
+                    rf"\| ({NUMBER}) ± {NUMBER} \| \[{NUMBER}, {NUMBER}\] \| ({NUMBER}) \|",
+                    results_md, re.M)
+    assert row, method
+    accuracy, sparsity = float(row.group(1)), float(row.group(2))
+    assert 0 <= accuracy <= 100
+    # 60x: exactly ceil(N/60) of the N prunable weights survive (tfmot: per layer, rounded).
+    assert sparsity == pytest.approx(0.0 if compression == "1x" else 100 * (1 - 1 / 60), abs=0.05)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "gsm_short", "gsm_paper"])
+@pytest.mark.parametrize("xla", ["on", "off"])
+def test_step_time_ratios(results_md, optimizer, xla):
+    row = re.search(rf"^\| LeNet-300-100 \| {optimizer} \| {xla} \| ({NUMBER}) \| ({NUMBER}) \|",
+                    results_md, re.M)
+    assert row and float(row.group(1)) > 0
+    if optimizer == "sgd":
+        assert float(row.group(2)) == 1.0
+
+
+def test_selection_and_memory_rows(results_md):
+    for size in ("100,000", "500,000"):
+        assert re.search(rf"^\| {size} \| {NUMBER} \| {NUMBER} \|", results_md, re.M)
+    assert re.search(rf"^\| LeNet-300-100 \| gsm_short \| [\d,]+ \| {NUMBER} \|", results_md, re.M)
+
+
+def test_absent_structured_modules_are_noted(results_md):
+    for name in ("csgd_resnet", "aofp_cnn"):
+        if not (REPO / "benchmarks" / f"{name}.py").exists():
+            assert f"`benchmarks/{name}.py` is not in this build yet" in results_md
