@@ -16,8 +16,8 @@ Protocol (every number below is measured side by side in one process):
      (filters with the largest L1 norm kept, `benchmarks/l1_filter_pruning.py`),
      fine-tuned with Keras Nesterov SGD.
    All three get the same epoch budget, batch size and learning rate schedule.
-3. MACs per example (conv + dense kernels) of the dense and stripped models.
-4. TFLite files of both (float32, no quantization): size and LiteRT latency
+3. MACs per example (conv + dense kernels) of each model.
+4. TFLite files of the three (float32, no quantization): size and LiteRT latency
    (`ai_edge_litert` Interpreter, one thread, batch 1, same input), timed in
    interleaved rounds; the speedup is the median of per-round ratios.
 5. Train-step time under XLA (`jit_compile=True`) of CentripetalSGD vs
@@ -34,7 +34,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -60,14 +59,16 @@ except ModuleNotFoundError:
 CONFIGS = {
     "quick": dict(widths=(4, 8, 16), blocks=1, train=512, test=256, epochs_1=1, epochs_2=1,
                   batch=64, rounds=3, steps=2, invokes=10),
-    "reduced": dict(widths=(8, 16, 32), blocks=3, train=8000, test=2000, epochs_1=2, epochs_2=2,
+    "reduced": dict(widths=(8, 16, 32), blocks=3, train=8000, test=2000, epochs_1=3, epochs_2=3,
                     batch=64, rounds=9, steps=5, invokes=40),
     "full": dict(widths=(16, 32, 64), blocks=3, train=8000, test=2000, epochs_1=3, epochs_2=3,
                  batch=64, rounds=11, steps=10, invokes=50),
 }
 KEEP_RATIO = 0.5
 LEARNING_RATE = 0.05
-CENTRIPETAL_STRENGTH = 1.0  # the paper's 3e-3 needs ~100x the steps of this budget
+# The paper's 3e-3 needs ~100x the steps of this budget. Measured on `reduced`, 3+3 epochs:
+# 0.1 -> stripped 98.15 % (dense 98.45 %), 1.0 -> 97.60 % (clusters collapse at once).
+CENTRIPETAL_STRENGTH = 0.1
 
 
 def load_data(train, test):
@@ -202,7 +203,8 @@ def run(quick=False, config=None, epochs=None):
     if epochs:
         cfg["epochs_1"], cfg["epochs_2"] = epochs
     condition = (f"config={name} widths={cfg['widths']} blocks={cfg['blocks']} "
-                 f"epochs={cfg['epochs_1']}+{cfg['epochs_2']} load={load:.1f}/{os.cpu_count()}cores")
+                 f"epochs={cfg['epochs_1']}+{cfg['epochs_2']} "
+                 f"load={load:.1f}/{os.cpu_count()}cores")
     print(f"csgd_resnet: {condition}", flush=True)
     x_train, y_train, x_test, y_test = load_data(cfg["train"], cfg["test"])
     fit = dict(batch_size=cfg["batch"], verbose=0)
@@ -224,7 +226,8 @@ def run(quick=False, config=None, epochs=None):
     keras.utils.set_random_seed(0)
     clustered = _copy(checkpoint)
     plan = ksm.ClusterPlan.from_model(clustered, KEEP_RATIO)
-    optimizer = ksm.CentripetalSGD(plan, _cosine(steps_2), centripetal_strength=CENTRIPETAL_STRENGTH)
+    optimizer = ksm.CentripetalSGD(plan, _cosine(steps_2),
+                                   centripetal_strength=CENTRIPETAL_STRENGTH)
     _compile(clustered, optimizer).fit(x_train, y_train, epochs=cfg["epochs_2"], **fit)
     stripped = ksm.strip(clustered, plan)
 
@@ -237,7 +240,8 @@ def run(quick=False, config=None, epochs=None):
     print("  TFLite, step time", flush=True)
     models = {"dense": dense, "csgd_stripped": stripped, "l1_finetuned": l1}
     blobs = {k: tflite_bytes(m) for k, m in models.items()}
-    latency, speedup = tflite_latency(list(blobs.values()), x_test[:1], cfg["rounds"], cfg["invokes"])
+    latency, speedup = tflite_latency(list(blobs.values()), x_test[:1], cfg["rounds"],
+                                      cfg["invokes"])
     # 5. optimizer step time
     sgd_ms, csgd_ms, step_ratio = step_times(cfg["widths"], cfg["blocks"], x_train[: cfg["batch"]],
                                              y_train[: cfg["batch"]], cfg["rounds"], cfg["steps"])

@@ -3,7 +3,7 @@ Title: Thinner, faster ResNets with Centripetal SGD
 Author: keras-sparse-momentum developers
 Date created: 2026/11/23
 Last modified: 2026/11/23
-Description: Train a small ResNet so that clustered filters become identical, then remove them without changing a single output.
+Description: Make clustered ResNet filters identical with C-SGD, then remove them: same outputs.
 Accelerator: None
 """
 

@@ -26,12 +26,14 @@ def _widths(model):
     return {
         layer.name: (layer.filters if hasattr(layer, "filters") else layer.units)
         for layer in model.layers
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D, keras.layers.SeparableConv2D))
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D,
+                              keras.layers.SeparableConv2D))
     }
 
 
 def _inputs(model, n=4, seed=1):
-    return np.random.default_rng(seed).standard_normal((n, *model.input_shape[1:])).astype("float32")
+    shape = (n, *model.input_shape[1:])
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
 
 ARCHITECTURES = {
