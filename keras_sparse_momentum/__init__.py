@@ -9,14 +9,16 @@
 
 from keras_sparse_momentum.callbacks import AOFP, PruneToRatio
 from keras_sparse_momentum.export import export_tflite
-from keras_sparse_momentum.optimizers import GSMMomentum, ProxNAG
+from keras_sparse_momentum.optimizers import CentripetalSGD, GSMMomentum, ProxNAG
 from keras_sparse_momentum.report import sparsity_report
-from keras_sparse_momentum.surgery import strip
+from keras_sparse_momentum.surgery import ClusterPlan, strip
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AOFP",
+    "CentripetalSGD",
+    "ClusterPlan",
     "GSMMomentum",
     "ProxNAG",
     "PruneToRatio",

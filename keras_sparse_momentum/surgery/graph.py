@@ -95,8 +95,13 @@ def _channels_last(layer):
     return getattr(layer, "data_format", "channels_last") == "channels_last"
 
 
-def classify(layer):
-    """The role of a layer (or Keras operation) in channel surgery, with a reason if unknown."""
+def classify(layer, input_rank=None):
+    """The role of a layer (or Keras operation) in channel surgery, with a reason if unknown.
+
+    `input_rank` is the rank of the input of the call being classified; it is
+    only needed for BatchNormalization with a positive axis and defaults to the
+    layer's own (single) input, which shared layers do not have.
+    """
     if isinstance(layer, keras.layers.InputLayer):
         return INPUT, None
     if isinstance(layer, keras.Model):
@@ -121,7 +126,9 @@ def classify(layer):
         return PRODUCER, None
     if isinstance(layer, keras.layers.BatchNormalization):
         axis = layer.axis if isinstance(layer.axis, int) else None
-        if axis is None or axis not in (-1, len(layer.input.shape) - 1):
+        if input_rank is None and axis not in (None, -1):
+            input_rank = len(layer.input.shape)
+        if axis is None or axis not in (-1, (input_rank or 0) - 1):
             return UNKNOWN, f"BatchNormalization '{layer.name}' not on the channel axis"
         return TRANSFORMER, None
     if isinstance(layer, keras.layers.PReLU):
@@ -238,9 +245,9 @@ class ChannelGraph:
             pin(id(tensor), "model input")
         for node in self.nodes:
             op = node.operation
-            role, reason = classify(op)
-            self.layer_roles[op] = role
             ins = [t for t in node.input_tensors]
+            role, reason = classify(op, len(ins[0].shape) if ins else None)
+            self.layer_roles[op] = role
             outs = list(node.outputs)
             for t in ins + outs:
                 tensor_of[id(t)] = t

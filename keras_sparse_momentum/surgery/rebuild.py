@@ -108,7 +108,9 @@ def rebuild(channel_graph, maps, bias_deltas=None, name=None):
         name: name of the new model (default: the source's name + "_stripped").
 
     Returns:
-        The new model, with weights set; the source model is not modified.
+        The new model, with weights set, compiled like the source unless the
+        source's optimizer is bound to its architecture (a C-SGD plan); the
+        source model is not modified.
     """
     model = channel_graph.model
     bias_deltas = bias_deltas or {}
@@ -139,6 +141,11 @@ def rebuild(channel_graph, maps, bias_deltas=None, name=None):
         config = plans.get(layer.name, (None, None))[0] or layer.get_config()
         return type(layer).from_config(config)
 
+    # clone_model recompiles the clone from the compile config; an optimizer
+    # tied to the old architecture (CentripetalSGD's plan) cannot be rebuilt
+    # on the new widths, so such a clone comes back uncompiled.
+    compiled = model.compiled
+    model.compiled = False
     try:
         new_model = keras.models.clone_model(model, clone_function=clone)
     except NotImplementedError as error:
@@ -146,6 +153,10 @@ def rebuild(channel_graph, maps, bias_deltas=None, name=None):
             f"A layer of '{model.name}' cannot be re-created from its config "
             f"({error}); implement `get_config` on custom layers to strip them."
         ) from error
+    finally:
+        model.compiled = compiled
+    if compiled and getattr(model.optimizer, "plan", None) is None:
+        new_model.compile_from_config(model.get_compile_config())
     for new_layer in new_model.layers:
         if new_layer.name not in plans:
             continue

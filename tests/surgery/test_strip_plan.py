@@ -1,0 +1,104 @@
+"""strip(model, plan): one filter per cluster, consumers' channels summed, same function."""
+
+import keras
+import numpy as np
+import pytest
+
+import architectures
+import keras_sparse_momentum as ksm
+from keras_sparse_momentum.surgery.strip import max_relative_error
+
+
+def _randomise_batchnorm(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = (w.shape for w in layer.weights)
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma).astype("float32"),
+                rng.normal(0, 0.3, beta).astype("float32"),
+                rng.normal(0, 0.3, mean).astype("float32"),
+                rng.uniform(0.5, 2.0, variance).astype("float32"),
+            ])
+
+
+def _widths(model):
+    return {
+        layer.name: (layer.filters if hasattr(layer, "filters") else layer.units)
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D,
+                              keras.layers.SeparableConv2D))
+    }
+
+
+def _inputs(model, n=4, seed=1):
+    shape = (n, *model.input_shape[1:])
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+ARCHITECTURES = {
+    "resnet": architectures.resnet,
+    "densenet": architectures.densenet_block,
+    "mobilenet": architectures.mobilenet_block,
+    "cnn_flatten": architectures.cnn_flatten,
+    "mlp": architectures.mlp,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_stripped_model_computes_the_clustered_models_outputs(name):
+    model = ARCHITECTURES[name]()
+    _randomise_batchnorm(model)
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
+    before = plan.equalize(model)
+    assert before > 0.1 and plan.cluster_distance(model) == 0.0
+    stripped = ksm.strip(model, plan)
+    assert max_relative_error(model, stripped, _inputs(model)) <= 1e-4
+    widths, new_widths = _widths(model), _widths(stripped)
+    kept = {name: g.kept for g in plan.groups for name in g.producers}
+    assert new_widths == {layer: kept.get(layer, width) for layer, width in widths.items()}
+    assert stripped.count_params() < 0.5 * model.count_params()
+
+
+def test_unmerged_clusters_are_caught_by_verification():
+    model = architectures.resnet(blocks=1)
+    _randomise_batchnorm(model)
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
+    with pytest.raises(RuntimeError, match="changed the function"):
+        ksm.strip(model, plan)
+
+
+def test_flatten_dense_rows_of_a_cluster_are_summed():
+    model = architectures.cnn_flatten()
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5, method="even", layers=["conv"])
+    plan.equalize(model)
+    stripped = ksm.strip(model, plan)
+    old = keras.ops.convert_to_numpy(model.get_layer("hidden").kernel)  # (4*4*6, 10)
+    new = keras.ops.convert_to_numpy(stripped.get_layer("hidden").kernel)  # (4*4*3, 10)
+    expected = old.reshape(16, 3, 2, 10).sum(axis=2).reshape(48, 10)  # clusters (0,1), (2,3), (4,5)
+    np.testing.assert_allclose(new, expected, rtol=1e-6)
+
+
+def test_clusters_and_dead_units_are_removed_together():
+    model = architectures.mlp()
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5, method="even")
+    kernel = keras.ops.convert_to_numpy(model.get_layer("hidden0").kernel)
+    kernel[:, :2] = 0.0  # the first cluster of hidden0 is dead: it carries relu(bias)
+    model.get_layer("hidden0").kernel.assign(kernel)
+    model.get_layer("hidden0").bias.assign(np.linspace(0.1, 0.5, 16).astype("float32"))
+    plan.equalize(model)
+    stripped = ksm.strip(model, plan)
+    assert _widths(stripped)["hidden0"] == 8 - 1
+    assert max_relative_error(model, stripped, _inputs(model)) <= 1e-4
+
+
+def test_stripped_model_of_a_csgd_model_comes_back_uncompiled():
+    model = architectures.mlp()
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
+    model.compile(optimizer=ksm.CentripetalSGD(plan), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    plan.equalize(model)
+    stripped = ksm.strip(model, plan)
+    assert not stripped.compiled and model.compiled
+    model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
+    assert ksm.strip(model, plan).compiled
