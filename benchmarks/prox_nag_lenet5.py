@@ -17,7 +17,6 @@ side by side in this process.
 import argparse
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -26,17 +25,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse_momentum as ksm  # noqa: E402
+from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
 
-DATA = Path(os.environ.get("KSM_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist10k.npz"))
 LR, MOMENTUM, BATCH = 0.02, 0.9, 64
 
 
-def load_data(path=DATA):
-    with np.load(path) as data:
-        def prep(x):
-            return (x.astype("float32") / 255.0)[..., None]
-        return (prep(data["x_train"]), data["y_train"].astype("int32"),
-                prep(data["x_test"]), data["y_test"].astype("int32"))
+def load_data():
+    """mnist10k as (x_train, y_train, x_test, y_test), images (n, 28, 28, 1)."""
+    (x_train, y_train), (x_test, y_test) = load_mnist10k()
+    return x_train[..., None], y_train, x_test[..., None], y_test
 
 
 def lenet5():

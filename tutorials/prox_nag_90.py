@@ -37,6 +37,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse_momentum as ksm  # noqa: E402
+from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
 
 parser = argparse.ArgumentParser(description="Prox-NAG to 90 % sparsity on LeNet-5")
 parser.add_argument("--quick", action="store_true", help="small data, few epochs (< 60 s)")
@@ -48,19 +49,12 @@ out_dir.mkdir(parents=True, exist_ok=True)
 """
 ## The data: 10,000 MNIST digits
 
-The data ships with the project (no download); set `KSM_DATA` to point elsewhere.
+`load_mnist10k()` finds the 10k-digit sample next to the project (no
+download); set `KSM_DATA` to point elsewhere.
 """
 
-data_path = Path(
-    os.environ.get(
-        "KSM_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist10k.npz"
-    )
-)
-with np.load(data_path) as data:
-    x_train = (data["x_train"].astype("float32") / 255.0)[..., None]
-    y_train = data["y_train"].astype("int32")
-    x_test = (data["x_test"].astype("float32") / 255.0)[..., None]
-    y_test = data["y_test"].astype("int32")
+(x_train, y_train), (x_test, y_test) = load_mnist10k()
+x_train, x_test = x_train[..., None], x_test[..., None]
 if args.quick:
     x_train, y_train = x_train[:3000], y_train[:3000]
 pretrain_epochs, prune_epochs = (2, 4) if args.quick else (4, 10)
