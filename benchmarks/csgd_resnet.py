@@ -191,7 +191,7 @@ def choose_config(quick):
     name = os.environ.get("KSM_BENCH_CONFIG")
     load = os.getloadavg()[0]
     if name is None:
-        name = "quick" if quick else ("reduced" if load >= (os.cpu_count() or 1) else "full")
+        name = "quick" if quick else "full"
     return name, load
 
 
