@@ -39,7 +39,7 @@ def test_header_states_machine_versions_and_date(results_md):
     "GMP: ksm.PruneToRatio polynomial \\+ SGD", "tfmot prune_low_magnitude \\(tf_keras\\)"])
 def test_accuracy_rows_have_numbers(results_md, method):
     compression = "1x" if method.startswith("dense") else "60x"
-    row = re.search(rf"^\| LeNet-300-100 \| {compression} \| {method} \| 2 \(1024 imgs\) \| 1 "
+    row = re.search(rf"^\| LeNet-300-100 \| {compression} \| {method} \| 2 \(1024 imgs\) \| 1 \| 0 "
                     rf"\| ({NUMBER}) ± {NUMBER} \| \[{NUMBER}, {NUMBER}\] \| ({NUMBER}) \|",
                     results_md, re.M)
     assert row, method
