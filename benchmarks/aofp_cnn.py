@@ -9,6 +9,9 @@ and learning-rate schedule:
   accuracy is the stripped model's (equal to the masked one's).
 - `scratch`: the widths AOFP found, trained from scratch for the same epochs:
   does the search's training-time pruning beat just training the smaller net?
+- `csgd`: `ksm.CentripetalSGD` from the same initial weights for the same
+  epochs, one keep ratio for every layer chosen so that the stripped FLOPs
+  match AOFP's, then `ksm.strip(model, plan)`.
 
 Times are wall-clock `fit` times under whatever load the machine has; the
 AOFP overhead is also given as the share of its `fit` spent measuring damages.
@@ -28,6 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse_momentum as ksm  # noqa: E402
+from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
 from keras_sparse_momentum.surgery.strip import max_relative_error  # noqa: E402
 
 WIDTHS = (16, 16, 32, 32, 64)
@@ -36,18 +40,20 @@ QUICK = dict(epochs=3, train=2000, targets=(0.5,), iters_per_half=4, measure_eve
 BATCH = 64
 THRESH = 0.01  # the paper's CIFAR value
 THRESH_GROWTH = 2.0  # relax it when no layer can prune, to reach the target in budget
+CENTRIPETAL_STRENGTH = 0.1  # as in csgd_resnet.py: 3e-3 needs ~100x this budget
+
+
+def _csgd_keep_ratio(flops_kept, dense_macs):
+    """The uniform C-SGD keep ratio whose stripped widths come closest to `flops_kept`."""
+    def kept(ratio):
+        widths = [max(1, int(np.ceil(ratio * w))) for w in WIDTHS]
+        return ksm.sparsity_report(vgg(widths)).dense_macs / dense_macs
+    return min(np.linspace(0.2, 1.0, 33), key=lambda r: abs(kept(r) - flops_kept))
 
 
 def _mnist(train):
-    root = Path(os.environ.get("KSM_DATA", ""))
-    candidates = [root] if root.name else [
-        folder / "shared" / "data" / "mnist10k.npz" for folder in Path(__file__).resolve().parents
-    ]
-    path = next(p for p in candidates if p.exists())
-    with np.load(path) as npz:
-        x = (npz["x_train"][:train].astype("float32") / 255.0)[..., None]
-        xt = (npz["x_test"].astype("float32") / 255.0)[..., None]
-        return x, npz["y_train"][:train].astype("int32"), xt, npz["y_test"].astype("int32")
+    (x, y), (xt, yt) = load_mnist10k()  # --data / KSM_DATA / shared/data
+    return x[:train, ..., None], y[:train], xt[..., None], yt
 
 
 def vgg(widths=WIDTHS):
@@ -63,18 +69,23 @@ def vgg(widths=WIDTHS):
     return keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
 
 
-def _compile(model, steps):
+def _compile(model, steps, plan=None):
     schedule = keras.optimizers.schedules.CosineDecay(0.05, steps, alpha=0.02)
+    optimizer = (
+        keras.optimizers.SGD(schedule, momentum=0.9) if plan is None
+        else ksm.CentripetalSGD(plan, schedule, momentum=0.9,
+                                centripetal_strength=CENTRIPETAL_STRENGTH)
+    )
     model.compile(
-        keras.optimizers.SGD(schedule, momentum=0.9),
+        optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
 
 
-def _train(model, data, epochs, callbacks=()):
+def _train(model, data, epochs, callbacks=(), plan=None):
     x, y, xt, yt = data
-    _compile(model, epochs * (len(x) // BATCH + 1))
+    _compile(model, epochs * (len(x) // BATCH + 1), plan)
     start = time.perf_counter()
     model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=list(callbacks))
     seconds = time.perf_counter() - start
@@ -131,6 +142,21 @@ def run(quick=False):
             flops_kept=ksm.sparsity_report(scratch).dense_macs / dense_macs,
             accuracy=_accuracy(scratch, data), widths="-".join(map(str, widths)),
             fit_s=seconds, time_vs_dense=seconds / dense_time, measure_share="", measurements="",
+        ))
+        # C-SGD with one keep ratio for every layer, chosen for the same FLOPs.
+        model = vgg()
+        model.set_weights(initial)
+        plan = ksm.ClusterPlan.from_model(model, keep_ratio=float(
+            _csgd_keep_ratio(rows[-2]["flops_kept"], dense_macs)))
+        seconds = _train(model, data, cfg["epochs"], plan=plan)
+        slim = ksm.strip(model, plan)
+        widths = [slim.get_layer(f"conv{i}").filters for i in range(len(WIDTHS))]
+        rows.append(dict(
+            model="csgd", target=target,
+            flops_kept=ksm.sparsity_report(slim).dense_macs / dense_macs,
+            accuracy=_accuracy(slim, data), widths="-".join(map(str, widths)),
+            fit_s=seconds, time_vs_dense=seconds / dense_time, measure_share="", measurements="",
+            strip_error=max_relative_error(model, slim, data[2][:64]),
         ))
     return rows
 
