@@ -4,7 +4,12 @@ Starting from one trained LeNet-5, every method gets the same epoch budget:
 - dense: Keras Nesterov SGD, no pruning;
 - gmp: `PruneToRatio(sparsity=s, schedule="polynomial")` with Nesterov SGD
   (Zhu & Gupta, the schedule of tfmot's `prune_low_magnitude`);
-- prox: `ProxNAG` + `PruneToRatio(sparsity=s)` (the paper's iterative algorithm).
+- prox: `ProxNAG` + `PruneToRatio(sparsity=s)` (the paper's iterative algorithm);
+- tfmot: tfmot's `prune_low_magnitude` + `PolynomialDecay` on the tf_keras twin,
+  with the gmp row's optimizer, end step and frequency, in a subprocess with
+  `TF_USE_LEGACY_KERAS=1` (benchmarks/tfmot_prox_worker.py; importing tfmot
+  here would flip Keras to legacy mode). tfmot prunes every layer to the same
+  sparsity; gmp and prox rank all kernels globally.
 It prints test accuracy and reached sparsity per target, then the step time of
 ProxNAG over Keras `SGD(momentum, nesterov=True)`, both with XLA, measured
 side by side in this process.
@@ -15,7 +20,13 @@ side by side in this process.
 """
 
 import argparse
+import json
+import math
 import os
+import pathlib
+import subprocess
+import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -25,9 +36,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse_momentum as ksm  # noqa: E402
-from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
+from keras_sparse_momentum.data import find_mnist10k, load_mnist10k  # noqa: E402
 
 LR, MOMENTUM, BATCH = 0.02, 0.9, 64
+FREQUENCY = 100  # steps between mask updates, gmp and tfmot (tfmot's default)
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load_data():
@@ -65,6 +78,11 @@ def pretrain(data, epochs):
     return model.get_weights()
 
 
+def gmp_end_step(data, epochs):
+    """Step at which gmp and tfmot reach the target: 75 % of the fit's steps."""
+    return max(1, int(0.75 * math.ceil(len(data[0]) / BATCH) * epochs))
+
+
 def prune(method, sparsity, weights, data, epochs):
     """Fine-tune the trained weights for `epochs` with `method`; returns a row."""
     x, y, x_test, y_test = data
@@ -78,7 +96,9 @@ def prune(method, sparsity, weights, data, epochs):
     else:
         optimizer = keras.optimizers.SGD(LR, momentum=MOMENTUM, nesterov=True)
         if method == "gmp":
-            callbacks.append(ksm.PruneToRatio(sparsity=sparsity, schedule="polynomial"))
+            callbacks.append(ksm.PruneToRatio(
+                sparsity=sparsity, schedule="polynomial",
+                end_step=gmp_end_step(data, epochs), frequency=FREQUENCY))
     _compile(model, optimizer)
     start = time.perf_counter()
     model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=callbacks)
@@ -90,6 +110,29 @@ def prune(method, sparsity, weights, data, epochs):
     if method == "prox":
         row["rounds"] = callbacks[0]._driver.rounds
     return row
+
+
+def prune_tfmot(targets, weights, data, epochs):
+    """tfmot rows, all targets in one `TF_USE_LEGACY_KERAS=1` subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights_path = os.path.join(tmp, "lenet5_weights.npz")
+        np.savez(weights_path, *weights)
+        job = {"data": str(find_mnist10k()), "weights": weights_path,
+               "targets": list(targets), "epochs": epochs, "batch": BATCH,
+               "learning_rate": LR, "momentum": MOMENTUM,
+               "end_step": gmp_end_step(data, epochs), "frequency": FREQUENCY, "seed": 1}
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
+                   PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.tfmot_prox_worker", json.dumps(job)],
+            cwd=REPO, env=env, capture_output=True, text=True,
+        )
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"tfmot worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return [{"method": "tfmot", "target": r["target"], "epochs": epochs,
+             "accuracy": r["accuracy"], "sparsity": r["sparsity"], "fit_s": r["fit_s"]}
+            for r in json.loads(lines[-1][len("RESULTS "):])]
 
 
 def step_times(data, steps, repeats):
@@ -123,9 +166,11 @@ def run(quick=False, epochs=None):
     targets = (0.9,) if quick else (0.5, 0.7, 0.9)
     weights = pretrain(data, pre_epochs)
     rows = [prune("dense", 0.0, weights, data, epochs)]
-    for sparsity in targets:
+    tfmot_rows = prune_tfmot(targets, weights, data, epochs)
+    for sparsity, tfmot_row in zip(targets, tfmot_rows):
         for method in ("gmp", "prox"):
             rows.append(prune(method, sparsity, weights, data, epochs))
+        rows.append(tfmot_row)
     times = step_times(data, steps=20 if quick else 50, repeats=3 if quick else 7)
     rows.append({"method": "step_time", "prox_s": times["prox"], "sgd_s": times["sgd"],
                  "ratio": times["prox"] / times["sgd"]})
