@@ -142,10 +142,9 @@ class CentripetalSGD(base.PruningSGD):
             matrix = ops.cast(matrix, dtype)
             gradient = ops.cast(base.dense_gradient(grads[i]), dtype)
             weights = tf.convert_to_tensor(variable)  # read the (backend) variable
-            pull = ops.subtract(weights, _along(weights, matrix, axis))
-            grads[i] = ops.add(
-                _along(gradient, matrix, axis), ops.multiply(pull, ops.cast(strength, dtype))
-            )
+            pulled = ops.multiply(weights, ops.cast(strength, dtype))
+            # M g + eps (w - M w) == M (g - eps w) + eps w: one product with M, not two.
+            grads[i] = ops.add(_along(ops.subtract(gradient, pulled), matrix, axis), pulled)
         return grads
 
     def finalize_variable_values(self, var_list):
