@@ -1,8 +1,11 @@
 """ProxNAG: Nesterov golden equality, the soft threshold, exact zeros, and the Keras feature matrix."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_sparse_momentum as ksm
 from keras_sparse_momentum.optimizers.prox_nag import soft_threshold
@@ -160,6 +163,35 @@ def test_mixed_precision_and_gradient_accumulation():
     for variable in kernels(model):
         np.testing.assert_array_equal(variable.numpy(), opt.sparse_iterate(variable).numpy())
     assert nonzeros(kernels(model)) < sum(v.numpy().size for v in kernels(model))
+
+
+@pytest.mark.parametrize("iterative", [False, True])
+def test_mirrored_strategy_on_two_cpus_equals_one_device(iterative):
+    """Replicas see all-reduced gradients and agree bit for bit, with and without the rounds."""
+    x, y = classification_data()
+
+    def run(strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = compile_for_test(mlp(), ksm.ProxNAG(0.05, momentum=0.9, l1=0.03))
+        callbacks = [ksm.PruneToRatio(sparsity=0.8, schedule="auto")] if iterative else []
+        model.fit(x, y, batch_size=32, epochs=6, shuffle=False, verbose=0, callbacks=callbacks)
+        return model
+
+    mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    single = run(tf.distribute.get_strategy())
+    for variable in mirrored.weights:
+        copies = [c.numpy() for c in variable.value.values]
+        for copy in copies[1:]:
+            np.testing.assert_array_equal(copy, copies[0])
+    for a, b in zip(_numpy(mirrored.weights), _numpy(single.weights)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    assert nonzeros(kernels(mirrored)) == nonzeros(kernels(single))
+    if iterative:
+        n = sum(v.numpy().size for v in kernels(single))
+        assert nonzeros(kernels(mirrored)) == math.ceil(n * 0.2 - 1e-9)
+    else:
+        assert nonzeros(kernels(mirrored)) < sum(v.numpy().size for v in kernels(single))
 
 
 def test_config_round_trip():
