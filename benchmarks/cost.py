@@ -17,8 +17,8 @@ from benchmarks import config, models, plots
 NAME = "cost"
 TITLE = "Cost: step time, selection scaling, optimizer state"
 COMPRESSION = {"lenet300": 60, "lenet5": 125, "resnet20": 10}
-FULL = dict(rounds=9, steps={"lenet300": 40, "lenet5": 10, "resnet20": 2}, sizes=(1_000_000, 5_000_000, 25_000_000),
-            selection_rounds=7)
+FULL = dict(rounds=9, steps={"lenet300": 40, "lenet5": 10, "resnet20": 2},
+            sizes=(1_000_000, 5_000_000, 25_000_000), selection_rounds=7)
 QUICK = dict(rounds=2, steps={"lenet300": 3, "lenet5": 3, "resnet20": 1}, sizes=(100_000, 500_000),
              selection_rounds=2)
 

@@ -247,4 +247,3 @@ class GSMMomentum(base.PruningSGD):
             }
         )
         return config
-

@@ -274,4 +274,3 @@ class ProxNAG(base.PruningSGD):
                 config["l1"], custom_objects=custom_objects
             )
         return super().from_config(config, custom_objects=custom_objects)
-

@@ -13,7 +13,9 @@ floats the int32 bit pattern is monotone in the value, so
 
 Both passes are one segment-sum each (keys outside the pass's bin, and exact
 zeros, are dropped rather than piled into one hot bin, which would serialise
-the scatter), so the cost is O(N) with no data-dependent loop, identical on every replica given identical inputs, and XLA-compatible.
+the scatter), so the cost is O(N) with no data-dependent loop, identical on every
+replica given identical inputs, and XLA-compatible.
+
 The returned threshold `t` is the exact Q-th largest score: `count(s >= t)` is
 `Q` plus the number of further scores equal to `t` (ties).
 """

@@ -220,7 +220,8 @@ def test_sparse_embedding_gradients_work():
     compile_for_test(model, opt, jit_compile=False)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert nonzeros(kernels(model)) == math.ceil(40 * 4 / 4)
-    embed = ksm.GSMMomentum(0.05, momentum=0.9, compression=4, prunable=lambda v: v.name in ("kernel", "embeddings"))
+    embed = ksm.GSMMomentum(0.05, momentum=0.9, compression=4,
+                            prunable=lambda v: v.name in ("kernel", "embeddings"))
     model2 = keras.models.clone_model(model)
     compile_for_test(model2, embed)
     model2.fit(x, y, batch_size=16, epochs=1, verbose=0)
