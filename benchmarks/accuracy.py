@@ -11,17 +11,13 @@ Methods (all on mnist10k, test accuracy on its 2,000 test images):
 - proxnag: `ksm.ProxNAG` + PruneToRatio's gradual schedule (skipped if absent).
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from benchmarks import config, models, plots
+from benchmarks.legacy_worker import run_legacy_worker
 
 NAME = "accuracy"
 TITLE = "Accuracy vs compression"
@@ -41,18 +37,6 @@ REASONS = {
     "gsm_short": "passive weights get no gradient, so unlike GMP's masked weights they "
     "cannot win their place back once they decay; the ramp ends at half the budget "
     "(GMP's at 75 %).",
-    "gsm_paper": "GSM (paper defaults)",
-    "gmp": "GMP: ksm.PruneToRatio polynomial + SGD",
-    "tfmot": "tfmot prune_low_magnitude (tf_keras)",
-    "l1": "L1 training + cut + fine-tune",
-    "proxnag": "ProxNAG + PruneToRatio",
-}
-# Why a method can lose, shown next to a row that does (more than 0.3 points
-# below the best pruned method at that compression).
-REASONS = {
-    "gsm_short": "the final cut is harmless here (passive weights lose 1 % of themselves per "
-    "step), so the gap is likely the active set: |g*w| of one 64-image batch is a noisier "
-    "ranking at 60-125x than GMP's magnitudes.",
     "gsm_paper": "paper constants need a far longer run: passive weights shrink by "
     "lr*alpha/(1-beta) = 5e-4 of themselves per step, keep ~29 % of their size after 2,500 "
     "steps, and the final cut removes live signal.",
@@ -64,7 +48,6 @@ REASONS = {
     "to fine-tune is not enough to recover.",
     "proxnag": "proximal L1 zeros weights by magnitude only; lr and l1 untuned here.",
 }
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _loss():
@@ -154,23 +137,14 @@ def run_tfmot_jobs(jobs):
     """All tfmot jobs in one subprocess with TF_USE_LEGACY_KERAS=1."""
     payload = [
         dict(model=j["model"], compression=j["compression"], seed=j["seed"],
-             epochs=j["epochs"], batch=config.BATCH, 
+             epochs=j["epochs"], batch=config.BATCH,
              learning_rate=config.for_model(config.SGD, j["model"])["learning_rate"],
              momentum=config.SGD["momentum"], end_fraction=config.GMP["end_fraction"],
              frequency=j["frequency"], train_limit=j["train_limit"],
              test_limit=j["test_limit"])
         for j in jobs
     ]
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.tfmot_worker", json.dumps(payload)],
-        cwd=REPO, env=env, capture_output=True, text=True,
-    )
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"tfmot worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULTS "):])
+    return run_legacy_worker("benchmarks.tfmot_worker", payload)
 
 
 def plan(opts):
