@@ -13,6 +13,10 @@ and learning-rate schedule:
   epochs, one keep ratio for every layer chosen so that the stripped FLOPs
   match AOFP's, then `ksm.strip(model, plan)`.
 
+Every row's shipped model (stripped where pruned) is converted to float
+TFLite; its size and one-thread LiteRT latency are measured side by side
+(interleaved rounds), the speed-up relative to dense.
+
 Times are wall-clock `fit` times under whatever load the machine has; the
 AOFP overhead is also given as the share of its `fit` spent measuring damages.
 
@@ -33,10 +37,13 @@ import numpy as np  # noqa: E402
 import keras_sparse_momentum as ksm  # noqa: E402
 from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
 from keras_sparse_momentum.surgery.strip import max_relative_error  # noqa: E402
+from benchmarks.tflite_timing import tflite_bytes, tflite_latency  # noqa: E402
 
 WIDTHS = (16, 16, 32, 32, 64)
-FULL = dict(epochs=6, train=8000, targets=(0.5, 0.3), iters_per_half=6, measure_every=2)
-QUICK = dict(epochs=3, train=2000, targets=(0.5,), iters_per_half=4, measure_every=2)
+FULL = dict(epochs=6, train=8000, targets=(0.5, 0.3), iters_per_half=6, measure_every=2,
+            rounds=11, invokes=50)
+QUICK = dict(epochs=3, train=2000, targets=(0.5,), iters_per_half=4, measure_every=2,
+             rounds=3, invokes=10)
 BATCH = 64
 THRESH = 0.01  # the paper's CIFAR value
 THRESH_GROWTH = 2.0  # relax it when no layer can prune, to reach the target in budget
@@ -113,6 +120,7 @@ def run(quick=False):
     rows = [dict(model="dense", target="", flops_kept=1.0, accuracy=_accuracy(dense, data),
                  widths="-".join(map(str, WIDTHS)), fit_s=dense_time, time_vs_dense=1.0,
                  measure_share="", measurements="")]
+    shipped = [dense]  # the model each row ships, for its TFLite size and latency
     for target in cfg["targets"]:
         model = vgg()
         model.set_weights(initial)
@@ -135,6 +143,7 @@ def run(quick=False):
             last_prune_epoch=round(last / steps_per_epoch, 2), thresh_end=aofp.thresh_reached,
             strip_error=error,
         ))
+        shipped.append(slim)
         scratch = vgg(widths)
         seconds = _train(scratch, data, cfg["epochs"])
         rows.append(dict(
@@ -143,6 +152,7 @@ def run(quick=False):
             accuracy=_accuracy(scratch, data), widths="-".join(map(str, widths)),
             fit_s=seconds, time_vs_dense=seconds / dense_time, measure_share="", measurements="",
         ))
+        shipped.append(scratch)
         # C-SGD with one keep ratio for every layer, chosen for the same FLOPs.
         model = vgg()
         model.set_weights(initial)
@@ -158,6 +168,11 @@ def run(quick=False):
             fit_s=seconds, time_vs_dense=seconds / dense_time, measure_share="", measurements="",
             strip_error=max_relative_error(model, slim, data[2][:64]),
         ))
+        shipped.append(slim)
+    blobs = [tflite_bytes(m) for m in shipped]
+    latency, speedup = tflite_latency(blobs, data[2][:1], cfg["rounds"], cfg["invokes"])
+    for row, blob, ms, ratio in zip(rows, blobs, latency, speedup):
+        row.update(tflite_kb=len(blob) / 1024, tflite_ms=ms, tflite_speedup=ratio)
     return rows
 
 

@@ -52,9 +52,11 @@ from keras_sparse_momentum.surgery.strip import max_relative_error  # noqa: E402
 
 try:
     from benchmarks.l1_filter_pruning import l1_prune  # noqa: E402
+    from benchmarks.tflite_timing import tflite_bytes, tflite_latency  # noqa: E402
 except ModuleNotFoundError:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from l1_filter_pruning import l1_prune  # noqa: E402
+    from tflite_timing import tflite_bytes, tflite_latency  # noqa: E402
 
 CONFIGS = {
     "quick": dict(widths=(4, 8, 16), blocks=1, train=512, test=256, epochs_1=1, epochs_2=1,
@@ -128,36 +130,6 @@ def _accuracy(model, x, y):
 
 def macs(model):
     return ksm.sparsity_report(model).dense_macs
-
-
-def tflite_bytes(model):
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-
-
-def tflite_latency(blobs, sample, rounds, invokes):
-    """Median ms per invoke of each flatbuffer (one thread), timed in interleaved rounds,
-    and the median per-round ratio of the first to each."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreters = []
-    for blob in blobs:
-        interpreter = Interpreter(model_content=blob, num_threads=1)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], sample)
-        for _ in range(5):
-            interpreter.invoke()
-        interpreters.append(interpreter)
-    times = [[] for _ in blobs]
-    for r in range(rounds):
-        order = range(len(blobs)) if r % 2 == 0 else reversed(range(len(blobs)))
-        for i in order:
-            start = time.perf_counter()
-            for _ in range(invokes):
-                interpreters[i].invoke()
-            times[i].append((time.perf_counter() - start) / invokes * 1e3)
-    medians = [statistics.median(t) for t in times]
-    speedups = [statistics.median(a / b for a, b in zip(times[0], t)) for t in times]
-    return medians, speedups
 
 
 def step_times(widths, blocks, x, y, rounds, steps):
