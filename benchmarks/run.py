@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-SECTIONS = ("accuracy", "layers", "cost", "structured")
+SECTIONS = ("accuracy", "layers", "cost", "structured", "prox_nag_lenet5")
 HERE = Path(__file__).resolve().parent
 
 
@@ -70,7 +70,8 @@ def parse_args(argv):
                    help="tiny budgets (CI): checks that every number is produced")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated sections among {', '.join(SECTIONS)}")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per accuracy row (full mode)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="seeds per accuracy and prox_nag_lenet5 row (full mode)")
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default benchmarks/results, or .../quick with --quick)")
     p.add_argument("--grid", type=parse_grid, default=None,
@@ -82,6 +83,9 @@ def parse_args(argv):
                    help="run nothing: rewrite RESULTS.md and plots from the stored results")
     p.add_argument("--resume", action="store_true",
                    help="accuracy: skip runs already stored in the results folder")
+    p.add_argument("--structured", type=lambda s: s.split(","), default=None,
+                   help="structured modules to run (default all: csgd_resnet,aofp_cnn); "
+                        "the others keep their stored rows")
     p.add_argument("--cost-models", type=lambda s: s.split(","), default=None,
                    help="step-time models (default lenet5,resnet20)")
     opts = p.parse_args(argv)

@@ -14,8 +14,12 @@ MODULES = ("csgd_resnet", "aofp_cnn")
 
 
 def run(opts, previous=None):
-    tables, notes = {}, []
-    for name in MODULES:
+    """Run the modules named by `opts.structured` (default all); others keep stored rows."""
+    selected = getattr(opts, "structured", None) or MODULES
+    kept = (previous or {}).get("tables", {})
+    tables = {name: kept[name] for name in MODULES if name not in selected and name in kept}
+    notes = []
+    for name in selected:
         try:
             module = importlib.import_module(f"benchmarks.{name}")
         except ModuleNotFoundError as error:
@@ -25,7 +29,7 @@ def run(opts, previous=None):
             continue
         print(f"  {name}", flush=True)
         tables[name] = module.run(opts.quick)
-    return {"tables": tables, "notes": notes}
+    return {"tables": {name: tables[name] for name in MODULES if name in tables}, "notes": notes}
 
 
 def _cell(value):

@@ -10,8 +10,9 @@ keras_sparse_momentum nor the Keras 3 benchmark modules. Called by
 The JSON object: {"data": path of mnist10k.npz, "weights": path of an .npz
 holding the trained LeNet-5's `get_weights()` as arr_0, arr_1, ...,
 "targets": [sparsity, ...], "epochs", "batch", "learning_rate", "momentum",
-"end_step", "frequency", "seed"}. For each target it loads the trained
-weights into the tf_keras twin of `prox_nag_lenet5.lenet5()`, wraps it with
+"end_step", "frequency", "seed", "batch_norm", "train_limit", "test_limit"}.
+For each target it loads the trained weights into the tf_keras twin of
+`prox_nag_lenet5.lenet5(keras, batch_norm)`, wraps it with
 `prune_low_magnitude` + `PolynomialDecay(0 -> target, begin_step=0, end_step,
 frequency)`, fine-tunes with Nesterov SGD and `UpdatePruningStep`, strips the
 wrappers and evaluates. Prints one line `RESULTS <json list>`: test accuracy,
@@ -32,28 +33,34 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras  # noqa: E402
 
 
-def lenet5():
+def lenet5(batch_norm):
     """The tf_keras twin of `benchmarks.prox_nag_lenet5.lenet5` (same layers, same order)."""
     layers = tf_keras.layers
-    return tf_keras.Sequential([
-        tf_keras.Input((28, 28, 1)),
-        layers.Conv2D(6, 5, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(16, 5, activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Flatten(),
-        layers.Dense(120, activation="relu"),
-        layers.Dense(84, activation="relu"),
-        layers.Dense(10),
-    ], name="lenet5")
+
+    def block(layer):
+        return [layer, layers.BatchNormalization(), layers.ReLU()] if batch_norm else [layer]
+
+    activation = None if batch_norm else "relu"
+    return tf_keras.Sequential(
+        [tf_keras.Input((28, 28, 1))]
+        + block(layers.Conv2D(6, 5, padding="same", use_bias=not batch_norm,
+                              activation=activation))
+        + [layers.MaxPooling2D()]
+        + block(layers.Conv2D(16, 5, use_bias=not batch_norm, activation=activation))
+        + [layers.MaxPooling2D(), layers.Flatten()]
+        + block(layers.Dense(120, use_bias=not batch_norm, activation=activation))
+        + block(layers.Dense(84, use_bias=not batch_norm, activation=activation))
+        + [layers.Dense(10)],
+    )
 
 
-def load_data(path):
-    """mnist10k as `prox_nag_lenet5.load_data` gives it: float32 in [0, 1], (n, 28, 28, 1)."""
+def load_data(path, train_limit=None, test_limit=None):
+    """mnist10k as `benchmarks.data.load_mnist` gives it: float32 in [0, 1], (n, 28, 28, 1)."""
     with np.load(path) as data:
         x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     scale = lambda x: (x.astype("float32") / 255.0)[..., None]  # noqa: E731
-    return scale(x_train), y_train.astype("int32"), scale(x_test), y_test.astype("int32")
+    return (scale(x_train[:train_limit]), y_train[:train_limit].astype("int32"),
+            scale(x_test[:test_limit]), y_test[:test_limit].astype("int32"))
 
 
 def load_weights(path):
@@ -72,7 +79,7 @@ def kernel_sparsity(model):
 def run_target(job, target, data, weights):
     x, y, x_test, y_test = data
     tf_keras.utils.set_random_seed(job["seed"])
-    model = lenet5()
+    model = lenet5(job["batch_norm"])
     model.set_weights(weights)
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=float(target), begin_step=0,
@@ -100,7 +107,7 @@ def run_target(job, target, data, weights):
 
 def main(argv):
     job = json.loads(argv[1])
-    data = load_data(job["data"])
+    data = load_data(job["data"], job["train_limit"], job["test_limit"])
     weights = load_weights(job["weights"])
     results = [run_target(job, target, data, weights) for target in job["targets"]]
     print("RESULTS " + json.dumps(results), flush=True)

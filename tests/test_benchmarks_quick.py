@@ -17,7 +17,8 @@ def results_md(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "accuracy,cost,structured",
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only",
+         "accuracy,cost,structured,prox_nag_lenet5",
          "--grid", "lenet300:60", "--methods", "dense,gsm_short,gsm_paper,gmp,tfmot",
          "--cost-models", "lenet300", "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
@@ -65,7 +66,40 @@ def test_selection_and_memory_rows(results_md):
     assert re.search(rf"^\| LeNet-300-100 \| gsm_short \| [\d,]+ \| {NUMBER} \|", results_md, re.M)
 
 
-def test_absent_structured_modules_are_noted(results_md):
-    for name in ("csgd_resnet", "aofp_cnn"):
-        if not (REPO / "benchmarks" / f"{name}.py").exists():
-            assert f"`benchmarks/{name}.py` is not in this build yet" in results_md
+def _table(results_md, heading):
+    """The rows of the markdown table under `### heading`, as dicts."""
+    block = results_md.split(f"### {heading}\n", 1)[1].strip("\n").split("\n\n", 1)[0]
+    header, _, *rows = [line.strip("|").split(" | ") for line in block.splitlines()]
+    return [dict(zip([h.strip() for h in header], [c.strip() for c in row])) for row in rows]
+
+
+@pytest.mark.parametrize("module, pruned", [("csgd_resnet", "csgd_stripped"), ("aofp_cnn", "aofp")])
+def test_structured_rows_have_accuracy_and_tflite_size_and_latency(results_md, module, pruned):
+    rows = _table(results_md, module)
+    assert {"dense", pruned} <= {r["model"] for r in rows}
+    for row in rows:
+        assert float(row["tflite_kb"]) > 0 and float(row["tflite_ms"]) > 0
+        accuracy = row.get("accuracy", row.get("test_accuracy"))
+        assert 0 <= float(accuracy) <= 1
+    dense = next(r for r in rows if r["model"] == "dense")
+    assert float(dense["tflite_speedup"]) == 1.0
+    # A stripped model is physically smaller than the dense one.
+    assert float(next(r for r in rows if r["model"] == pruned)["tflite_kb"]) < float(dense["tflite_kb"])
+
+
+@pytest.mark.parametrize("variant", ["LeNet-5", "LeNet-5 \\+ BatchNorm"])
+@pytest.mark.parametrize("method", ["GMP: PruneToRatio polynomial \\+ SGD",
+                                    "ProxNAG \\+ PruneToRatio \\(iterative\\)",
+                                    "tfmot prune_low_magnitude"])
+def test_sparsity_target_rows_reach_the_target(results_md, variant, method):
+    row = re.search(rf"^\| {variant} \| 90 % \| {method} \| 1 \| ({NUMBER}) ± {NUMBER} "
+                    rf"\| \[{NUMBER}, {NUMBER}\] \| ({NUMBER}) \| ([01]/1)? \|", results_md, re.M)
+    assert row, (variant, method)
+    assert 0 <= float(row.group(1)) <= 100
+    assert float(row.group(2)) == pytest.approx(90.0, abs=0.05)
+    assert (row.group(3) is not None) == method.startswith("ProxNAG")
+
+
+def test_prox_nag_step_time_ratio(results_md):
+    row = re.search(rf"Keras Nesterov SGD ({NUMBER}) ms, ratio ({NUMBER})\.", results_md)
+    assert row and float(row.group(1)) > 0 and float(row.group(2)) > 0
