@@ -6,6 +6,7 @@ table row, same keys within a module). A module that is absent is skipped with
 a note.
 """
 
+import datetime
 import importlib
 
 NAME = "structured"
@@ -16,8 +17,10 @@ MODULES = ("csgd_resnet", "aofp_cnn")
 def run(opts, previous=None):
     """Run the modules named by `opts.structured` (default all); others keep stored rows."""
     selected = getattr(opts, "structured", None) or MODULES
-    kept = (previous or {}).get("tables", {})
+    previous = previous or {}
+    kept = previous.get("tables", {})
     tables = {name: kept[name] for name in MODULES if name not in selected and name in kept}
+    measured = {name: previous.get("measured", {}).get(name) for name in tables}
     notes = []
     for name in selected:
         try:
@@ -29,7 +32,9 @@ def run(opts, previous=None):
             continue
         print(f"  {name}", flush=True)
         tables[name] = module.run(opts.quick)
-    return {"tables": {name: tables[name] for name in MODULES if name in tables}, "notes": notes}
+        measured[name] = datetime.datetime.now().isoformat(timespec="minutes")
+    return {"tables": {name: tables[name] for name in MODULES if name in tables},
+            "measured": measured, "notes": notes}
 
 
 def _cell(value):
@@ -44,8 +49,11 @@ def render(results, out):
         if not rows:
             continue
         columns = list(dict.fromkeys(k for row in rows for k in row))
+        when = results.get("measured", {}).get(name)
         lines += [
             f"### {name}",
+            "",
+            f"_Rows finished {when}._" if when else "_Rows kept from an earlier run._",
             "",
             "| " + " | ".join(columns) + " |",
             "|" + "---|" * len(columns),

@@ -68,13 +68,15 @@ def test_selection_and_memory_rows(results_md):
 
 def _table(results_md, heading):
     """The rows of the markdown table under `### heading`, as dicts."""
-    block = results_md.split(f"### {heading}\n", 1)[1].strip("\n").split("\n\n", 1)[0]
+    section = results_md.split(f"### {heading}\n", 1)[1]
+    block = next(b for b in section.strip("\n").split("\n\n") if b.startswith("|"))
     header, _, *rows = [line.strip("|").split(" | ") for line in block.splitlines()]
     return [dict(zip([h.strip() for h in header], [c.strip() for c in row])) for row in rows]
 
 
 @pytest.mark.parametrize("module, pruned", [("csgd_resnet", "csgd_stripped"), ("aofp_cnn", "aofp")])
 def test_structured_rows_have_accuracy_and_tflite_size_and_latency(results_md, module, pruned):
+    assert re.search(rf"### {module}\n\n_Rows finished \d{{4}}-\d\d-\d\dT", results_md)
     rows = _table(results_md, module)
     assert {"dense", pruned} <= {r["model"] for r in rows}
     for row in rows:
