@@ -14,19 +14,22 @@ Protocol (every number below is measured side by side in one process):
      `ksm.strip` (the stripped model's accuracy is reported);
    - *L1 + fine-tune*: the classic baseline at exactly the same widths
      (filters with the largest L1 norm kept, `benchmarks/l1_filter_pruning.py`),
-     fine-tuned with Keras Nesterov SGD.
-   All three get the same epoch budget, batch size and learning rate schedule.
+     fine-tuned with Keras Nesterov SGD;
+   - *AOFP*: `ksm.AOFP` with the C-SGD model's FLOPs as its target (residual
+     groups pruned together), Keras Nesterov SGD, then `ksm.strip`.
+   All four get the same epoch budget, batch size and learning rate schedule.
 3. MACs per example (conv + dense kernels) of each model.
-4. TFLite files of the three (float32, no quantization): size and LiteRT latency
+4. TFLite files of the four (float32, no quantization): size and LiteRT latency
    (`ai_edge_litert` Interpreter, one thread, batch 1, same input), timed in
    interleaved rounds; the speedup is the median of per-round ratios.
 5. Train-step time under XLA (`jit_compile=True`) of CentripetalSGD vs
    `keras.optimizers.SGD(momentum=0.9, nesterov=True)` on the dense
    architecture, interleaved rounds, median of per-round ratios.
 
-Configurations: "quick" (seconds, smoke test), "reduced" (widths 8/16/32, used
-automatically when the machine is loaded: load average >= core count), "full"
-(ResNet-20 widths 16/32/64). The chosen one and the load are in every row.
+Configurations: "quick" (seconds, smoke test; `--quick`), "full" (ResNet-20
+widths 16/32/64; the default) and "reduced" (widths 8/16/32, for a loaded
+machine), chosen with `--config` or `KSM_BENCH_CONFIG`. The chosen one and the
+load average are in every row.
 """
 
 import argparse
@@ -71,6 +74,10 @@ LEARNING_RATE = 0.05
 # The paper's 3e-3 needs ~100x the steps of this budget. Measured on `reduced`, 3+3 epochs:
 # 0.1 -> stripped 98.15 % (dense 98.45 %), 1.0 -> 97.60 % (clusters collapse at once).
 CENTRIPETAL_STRENGTH = 0.1
+# AOFP as in aofp_cnn.py: the paper's CIFAR thresh, relaxed when no layer can
+# prune (thresh_growth) so that the target is reachable within the budget.
+AOFP_SETTINGS = dict(thresh=0.01, thresh_growth=2.0, iters_per_half=6, measure_every=2,
+                     probe_batch_size=32, seed=0)
 
 
 def load_data(train, test):
@@ -208,9 +215,20 @@ def run(quick=False, config=None, epochs=None):
     l1 = _compile(l1_prune(_copy(checkpoint), plan), _sgd(_cosine(steps_2)))
     l1.fit(x_train, y_train, epochs=cfg["epochs_2"], **fit)
 
+    # 2d. AOFP to C-SGD's FLOPs, then strip
+    print("  AOFP", flush=True)
+    keras.utils.set_random_seed(0)
+    searched = _compile(_copy(checkpoint), _sgd(_cosine(steps_2)))
+    aofp = ksm.AOFP(macs(stripped) / macs(checkpoint), probe_data=x_train[:512], **AOFP_SETTINGS)
+    searched.fit(x_train, y_train, epochs=cfg["epochs_2"], callbacks=[aofp], **fit)
+    aofp_stripped = ksm.strip(searched)
+
     # 3-4. cost, size and latency
     print("  TFLite, step time", flush=True)
-    models = {"dense": dense, "csgd_stripped": stripped, "l1_finetuned": l1}
+    models = {"dense": dense, "csgd_stripped": stripped, "l1_finetuned": l1,
+              "aofp_stripped": aofp_stripped}
+    strip_errors = {"csgd_stripped": max_relative_error(clustered, stripped, x_test[:32]),
+                    "aofp_stripped": max_relative_error(searched, aofp_stripped, x_test[:32])}
     blobs = {k: tflite_bytes(m) for k, m in models.items()}
     latency, speedup = tflite_latency(list(blobs.values()), x_test[:1], cfg["rounds"],
                                       cfg["invokes"])
@@ -234,9 +252,7 @@ def run(quick=False, config=None, epochs=None):
             "step_time_ratio_csgd_over_sgd": step_ratio if key == "csgd_stripped" else None,
             "cluster_distance_before_merge": (
                 optimizer.last_cluster_distance if key == "csgd_stripped" else None),
-            "strip_max_rel_error": (
-                max_relative_error(clustered, stripped, x_test[:32])
-                if key == "csgd_stripped" else None),
+            "strip_max_rel_error": strip_errors.get(key),
             "conditions": condition,
         })
     return rows
