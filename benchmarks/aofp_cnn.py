@@ -40,6 +40,12 @@ from keras_sparse_momentum.surgery.strip import max_relative_error  # noqa: E402
 from benchmarks.tflite_timing import tflite_bytes, tflite_latency  # noqa: E402
 
 WIDTHS = (16, 16, 32, 32, 64)
+# Why rows lose, printed under the table by benchmarks/structured.py.
+WHY = (
+    "aofp does not beat training its own widths from scratch (scratch) or C-SGD at equal FLOPs: "
+    "with six epochs the search prunes until about epoch 3 and the pruned net has half the "
+    "budget to recover, while scratch trains the small net for all of it.",
+)
 FULL = dict(epochs=6, train=8000, targets=(0.5, 0.3), iters_per_half=6, measure_every=2,
             rounds=11, invokes=50)
 QUICK = dict(epochs=3, train=2000, targets=(0.5,), iters_per_half=4, measure_every=2,

@@ -74,6 +74,14 @@ LEARNING_RATE = 0.05
 # The paper's 3e-3 needs ~100x the steps of this budget. Measured on `reduced`, 3+3 epochs:
 # 0.1 -> stripped 98.15 % (dense 98.45 %), 1.0 -> 97.60 % (clusters collapse at once).
 CENTRIPETAL_STRENGTH = 0.1
+# Why rows lose, printed under the table by benchmarks/structured.py.
+WHY = (
+    "aofp_stripped reaches the FLOPs target but is broken in inference mode: while it prunes, "
+    "training accuracy stays near 99 % and test accuracy with batch statistics near 95 %, but "
+    "with BatchNorm's moving statistics it falls to 15-23 %. The moving statistics are stale: "
+    "re-estimating them on 60 training batches afterwards restores 97.7 % (scratch run). Open "
+    "defect: AOFP should re-estimate them itself when it prunes.",
+)
 # AOFP as in aofp_cnn.py: the paper's CIFAR thresh, relaxed when no layer can
 # prune (thresh_growth) so that the target is reachable within the budget.
 AOFP_SETTINGS = dict(thresh=0.01, thresh_growth=2.0, iters_per_half=6, measure_every=2,

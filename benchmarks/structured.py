@@ -2,8 +2,8 @@
 
 Other parts of the project provide `benchmarks/csgd_resnet.py` and
 `benchmarks/aofp_cnn.py`, each with `run(quick) -> list[dict]` (one dict per
-table row, same keys within a module). A module that is absent is skipped with
-a note.
+table row, same keys within a module) and `WHY`, sentences on the rows that
+lose, printed under the table. A module that is absent is skipped with a note.
 """
 
 import datetime
@@ -60,5 +60,7 @@ def render(results, out):
         ]
         lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
         lines.append("")
+        module = importlib.import_module(f"benchmarks.{name}")
+        lines += [f"Why: {why}" for why in getattr(module, "WHY", ())] + [""]
     lines += [f"Note: {note}" for note in results["notes"]]
     return "\n".join(lines)
