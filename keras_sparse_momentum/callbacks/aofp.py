@@ -82,7 +82,12 @@ class AOFP(keras.callbacks.Callback):
     the channel is exactly zero. At `on_train_end` the masks are applied once
     more (after an EMA swap) and the constraints removed: `ksm.strip(model)`
     then removes the pruned filters physically (dead-unit path) with the same
-    outputs.
+    outputs. If any filter was pruned, the moving mean and variance of every
+    BatchNormalization are then re-estimated on `probe_data` (layer by layer,
+    inference mode): pruning moves the activations faster than the moving
+    averages follow. On a ResNet-20 pruned to a quarter of its FLOPs in three
+    epochs, stale statistics left 22.9 % test accuracy where re-estimated
+    ones give 97.7 % (benchmarks/csgd_resnet.py).
 
     The search lives within one `fit` call (steps count from its start); a
     later `fit` with a new AOFP starts from the weights as they are, so run
@@ -430,6 +435,8 @@ class AOFP(keras.callbacks.Callback):
             variable.constraint = constraint
         self._constrained = []
         self.model.make_train_function(force=True)
+        if self.events:
+            self._reestimate_batch_norm()
         if not self.target_reached:
             warnings.warn(
                 f"AOFP reached {self.flops_ratio:.3f} of the original FLOPs, not the "
@@ -437,3 +444,27 @@ class AOFP(keras.callbacks.Callback):
                 "`iters_per_half` / `measure_every`.",
                 stacklevel=2,
             )
+
+    def _reestimate_batch_norm(self):
+        """Moving statistics of every BatchNormalization = those of its input on the
+        probe data, with the layers before it already re-estimated."""
+        n = self._n_probe
+        for layer in self.model.layers:
+            if not isinstance(layer, keras.layers.BatchNormalization):
+                continue
+            features = keras.Model(self.model.inputs, layer.input)
+            axis = layer.axis % len(layer.input.shape)
+            count, total, total_sq = 0, 0.0, 0.0
+            for start in range(0, n, self.probe_batch_size):
+                rows = slice(start, start + self.probe_batch_size)
+                batch = keras.tree.map_structure(lambda a: np.asarray(a)[rows], self.probe_data)
+                value = keras.ops.convert_to_numpy(features(batch, training=False))
+                value = np.moveaxis(value, axis, -1).astype("float64")
+                value = value.reshape(-1, value.shape[-1])
+                count += value.shape[0]
+                total = total + value.sum(axis=0)
+                total_sq = total_sq + np.square(value).sum(axis=0)
+            mean = total / count
+            variance = np.maximum(total_sq / count - np.square(mean), 0.0)
+            layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
+            layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))

@@ -216,6 +216,20 @@ def test_residual_ties_are_pruned_together_and_strip_is_exact():
     )
 
 
+def test_batch_norm_statistics_are_re_estimated_on_the_probe_data_after_pruning():
+    model = _resnet()
+    aofp = _aofp(0.6)
+    _fit(model, [aofp])
+    assert aofp.events
+    probe = aofp.probe_data
+    for layer in [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]:
+        features = keras.Model(model.inputs, layer.input)(probe, training=False)
+        inputs = keras.ops.convert_to_numpy(features).reshape(-1, layer.input.shape[-1])
+        np.testing.assert_allclose(layer.moving_mean.numpy(), inputs.mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), inputs.var(axis=0),
+                                   rtol=1e-4, atol=1e-6)
+
+
 def test_residual_skip_and_layer_selection():
     model = _resnet()
     aofp = _aofp(0.9, residual="skip", layers=["b1_a"])
