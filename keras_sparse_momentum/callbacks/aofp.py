@@ -87,7 +87,7 @@ class AOFP(keras.callbacks.Callback):
     inference mode): pruning moves the activations faster than the moving
     averages follow. On a ResNet-20 pruned to a quarter of its FLOPs in three
     epochs, stale statistics left 22.9 % test accuracy where re-estimated
-    ones give 97.7 % (benchmarks/csgd_resnet.py).
+    ones give 98.0 %, C-SGD's accuracy at the same FLOPs (benchmarks/csgd_resnet.py).
 
     The search lives within one `fit` call (steps count from its start); a
     later `fit` with a new AOFP starts from the weights as they are, so run
@@ -449,10 +449,12 @@ class AOFP(keras.callbacks.Callback):
         """Moving statistics of every BatchNormalization = those of its input on the
         probe data, with the layers before it already re-estimated."""
         n = self._n_probe
+        inputs = self.model.inputs
+        inputs = inputs[0] if len(inputs) == 1 else inputs
         for layer in self.model.layers:
             if not isinstance(layer, keras.layers.BatchNormalization):
                 continue
-            features = keras.Model(self.model.inputs, layer.input)
+            features = keras.Model(inputs, layer.input)
             axis = layer.axis % len(layer.input.shape)
             count, total, total_sq = 0, 0.0, 0.0
             for start in range(0, n, self.probe_batch_size):
