@@ -20,12 +20,13 @@ SGD = dict(learning_rate=0.05, momentum=0.9)
 LEARNING_RATE = {"lenet300": 0.05, "lenet5": 0.02}
 
 # GSM with the short-budget recipe of `GSMMomentum.for_budget` (docstring:
-# "Short training budgets"): the compression ramps from 1 to C over the first
-# `ramp_fraction` of the steps, passive weights decay with `passive_decay`, and
+# "Short training budgets"): every weight trains for the first
+# `ramp_begin_fraction` of the steps, the compression then ramps from 1 to C
+# until `ramp_fraction` of the steps, passive weights decay with `passive_decay`, and
 # weights are ranked by magnitude.
 GSM_SHORT = dict(
     learning_rate=0.05, momentum=0.9, nesterov=True, passive_decay=2.0, importance="magnitude",
-    ramp_fraction=0.5,
+    ramp_begin_fraction=0.1, ramp_fraction=0.5,
 )
 # The paper's rule with GSMMomentum's defaults (lr 0.01, momentum 0.99,
 # weight decay 5e-4, no ramp, no separate passive decay).
@@ -60,6 +61,9 @@ def gsm_kwargs(config, total_steps):
     """GSMMomentum keyword arguments for a config dict and a training length."""
     kwargs = dict(config)
     fraction = kwargs.pop("ramp_fraction", None)
+    begin = kwargs.pop("ramp_begin_fraction", None)
     if fraction:
         kwargs["ramp_steps"] = int(fraction * total_steps)
+    if begin:
+        kwargs["ramp_begin_step"] = int(begin * total_steps)
     return kwargs

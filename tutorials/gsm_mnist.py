@@ -102,8 +102,10 @@ the passive weights to decay. For a budget of a few thousand steps,
 `GSMMomentum.for_budget(total_steps, compression=...)` sets three documented
 options:
 
-- `ramp_steps = total_steps // 2`: the number of active weights falls from all
-  of them to `Q` along the cubic schedule of Zhu & Gupta;
+- `ramp_begin_step = total_steps // 10`, `ramp_steps = total_steps // 2`:
+  every weight trains for the first tenth, then the number of active weights
+  falls from all of them to `Q` along the cubic schedule of Zhu & Gupta, which
+  is done half-way;
 - `passive_decay = 2.0`: a strong decay applied only to passive weights, so
   they reach zero within a few dozen steps, long before the final cut;
 - `importance="magnitude"`: weights are ranked by `|w|` rather than by the

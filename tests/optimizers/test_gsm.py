@@ -96,7 +96,8 @@ def test_magnitude_importance_gives_the_gradient_to_the_largest_weights():
 
 def test_for_budget_sets_the_short_budget_recipe_and_prunes_exactly():
     opt = ksm.GSMMomentum.for_budget(16, compression=10, learning_rate=0.05, momentum=0.9)
-    assert (opt.ramp_steps, opt.passive_decay, opt.importance) == (8, 2.0, "magnitude")
+    assert (opt.ramp_begin_step, opt.ramp_steps) == (1, 8)
+    assert (opt.passive_decay, opt.importance) == (2.0, "magnitude")
     model = _train(opt, epochs=2)  # 16 steps of 32 examples
     assert nonzeros(kernels(model)) == opt.kept_count
     assert ksm.GSMMomentum.for_budget(16, compression=10, importance="taylor").importance == "taylor"
@@ -132,6 +133,23 @@ def test_ramp_reaches_the_target_and_passive_decay_shrinks_passive_weights():
     fresh = ksm.GSMMomentum(0.05, momentum=0.9, compression=10, ramp_steps=100)
     fresh.build(mlp().trainable_variables)
     assert int(keras.ops.convert_to_numpy(fresh._active_count())) == fresh.prunable_count
+
+
+def test_ramp_begin_step_keeps_every_weight_active_until_the_ramp_starts():
+    rng = np.random.default_rng(5)
+    w = keras.Variable(rng.standard_normal((30, 20)).astype("float32"), name="kernel")
+    opt = ksm.GSMMomentum(0.01, momentum=0.9, compression=10, ramp_steps=12, ramp_begin_step=6)
+    counts = []
+    for _ in range(14):
+        counts.append(int(keras.ops.convert_to_numpy(opt._active_count())) if opt.built else 600)
+        before = w.numpy().copy()
+        opt.apply([rng.standard_normal((30, 20)).astype("float32")], [w])
+        if len(counts) <= 6:  # dense steps: plain momentum SGD moves every weight
+            assert (w.numpy() != before).all()
+    assert counts[:7] == [600] * 7  # steps 0..6: the ramp has not removed anything
+    assert 60 < counts[8] < counts[7] < 600  # cubic: the largest cut comes first
+    assert counts[12:] == [60, 60]
+    assert ksm.GSMMomentum.from_config(opt.get_config()).ramp_begin_step == 6
 
 
 def test_subclassed_model_is_pruned():
@@ -277,6 +295,9 @@ def test_save_load_and_resume_equal_uninterrupted(tmp_path):
         ({"compression": 2, "momentum": 1.0}, r"`momentum` must be a number in \[0, 1\)"),
         ({"compression": 2, "weight_decay": -1.0}, "`weight_decay` must be a finite number >= 0"),
         ({"compression": 2, "ramp_steps": -1}, "`ramp_steps` must be an int >= 0"),
+        ({"compression": 2, "ramp_steps": 10, "ramp_begin_step": 10}, "`ramp_begin_step` must be"),
+        ({"compression": 2, "ramp_begin_step": 3}, r"`ramp_begin_step` must be an int in \[0, ramp_steps\)"),
+        ({"compression": 2, "ramp_steps": 10, "ramp_begin_step": 2.0}, "`ramp_begin_step` must be"),
         ({"compression": 2, "passive_decay": -1.0}, "`passive_decay` must be a finite number >= 0"),
         ({"compression": 2, "prunable": "kernel"}, "`prunable` must be None"),
         ({"compression": 2, "importance": "hessian"}, "`importance` must be one of"),
