@@ -11,6 +11,7 @@ Methods (all on mnist10k, test accuracy on its 2,000 test images):
 - proxnag: `ksm.ProxNAG` + PruneToRatio's gradual schedule (skipped if absent).
 """
 
+import datetime
 import math
 import time
 
@@ -195,7 +196,8 @@ def run(opts, previous=None):
         jobs = [j for j in jobs if _key(j) not in merged]
 
     def add(job, result):
-        merged[_key(job)] = {**job, **result}
+        measured = datetime.datetime.now().isoformat(timespec="minutes")
+        merged[_key(job)] = {**job, **result, "measured": measured}
         print(f"  {job['model']:9s} {job['method']:10s} {job['compression']:>4}x "
               f"seed {job['seed']}: {100 * result['test_acc']:.2f} %  "
               f"sparsity {100 * result['sparsity']:.2f} %  {result['seconds']:.0f} s", flush=True)
@@ -240,6 +242,20 @@ def summarize(records):
     return rows
 
 
+def _when_measured(records):
+    """One sentence: the time span in which each method's stored runs were measured.
+
+    Rows can be rerun alone (`--methods`), so the section's date is only that
+    of the last run.
+    """
+    spans = {}
+    for r in records:
+        spans.setdefault(r["method"], []).append(r.get("measured", "(date not stored)"))
+    parts = [f"{LABELS[m]} {min(d)}" + (f" to {max(d)}" if max(d) != min(d) else "")
+             for m, d in spans.items()]
+    return "Runs measured (per method): " + "; ".join(parts) + "."
+
+
 def render(results, out):
     rows = summarize(results["records"])
     lines = [
@@ -274,6 +290,7 @@ def render(results, out):
             f"| [{r['lo']:.2f}, {r['hi']:.2f}] | {r['sparsity']:.2f} | {vs} "
             f"| {r['seconds']:.0f} | {REASONS.get(r['method'], '') if loses else ''} |"
         )
+    lines += ["", _when_measured(results["records"])]
     for note in results.get("notes", []):
         lines += ["", f"Note: {note}"]
     for model in dict.fromkeys(r["model"] for r in rows):
