@@ -37,11 +37,11 @@ DEMO_HELP = """\
 Train LeNet-300-100 (784-300-100-10, 266,610 weights) on the 8,000-image MNIST
 sample with ksm.GSMMomentum.for_budget: at each step only the top weights,
 chosen globally over all layers (all of them for the first tenth of training,
-ceil(N / C) of them once the ramp ends half-way), get gradient updates, so each layer's sparsity
-is found automatically; the rest decay to zero and one exact cut at the end
-leaves the model C times sparser. Then strip dead units, print
-the sparsity report, export a sparse TFLite file, run it with the LiteRT
-interpreter and compare sizes and test accuracy. About two minutes on two CPU
+ceil(N / C) of them once the ramp ends half-way), get gradient updates, so
+each layer's sparsity is found automatically; the rest decay to zero and one
+exact cut at the end leaves the model C times sparser. Then strip dead units,
+print the sparsity report, export a sparse TFLite file, run it with the LiteRT
+interpreter and compare sizes and test accuracy. About a minute on two CPU
 cores with the defaults; --quick (to check an install) takes about 20 seconds.
 
 The data (mnist10k.npz) is looked for at --data, $KSM_DATA, then
