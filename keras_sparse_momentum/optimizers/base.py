@@ -34,6 +34,11 @@ def check_backend():
         )
 
 
+def is_int(value):
+    """True for a Python int that is not a bool (step counts, ramp lengths)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_unit_interval(value, name, owner, closed_right=False):
     """Raise ValueError unless `value` is a number in [0, 1) (or [0, 1])."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)

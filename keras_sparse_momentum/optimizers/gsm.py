@@ -122,16 +122,12 @@ class GSMMomentum(base.PruningSGD):
     ):
         owner = type(self).__name__
         ratio = prunable_lib.validate_ratio(compression, sparsity, owner)
-        if not isinstance(ramp_steps, int) or isinstance(ramp_steps, bool) or ramp_steps < 0:
+        if not base.is_int(ramp_steps) or ramp_steps < 0:
             raise ValueError(
                 f"{owner}: `ramp_steps` must be an int >= 0. "
                 f"Received: ramp_steps={ramp_steps!r}"
             )
-        if (
-            not isinstance(ramp_begin_step, int)
-            or isinstance(ramp_begin_step, bool)
-            or not 0 <= ramp_begin_step < max(ramp_steps, 1)
-        ):
+        if not base.is_int(ramp_begin_step) or not 0 <= ramp_begin_step < max(ramp_steps, 1):
             raise ValueError(
                 f"{owner}: `ramp_begin_step` must be an int in [0, ramp_steps) "
                 f"(0 when ramp_steps=0). Received: ramp_begin_step={ramp_begin_step!r}, "
@@ -177,7 +173,7 @@ class GSMMomentum(base.PruningSGD):
             compression, sparsity: as for the constructor (exactly one).
             **kwargs: other constructor arguments (`learning_rate`, ...).
         """
-        if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
+        if not base.is_int(total_steps) or total_steps < 1:
             raise ValueError(
                 f"{cls.__name__}.for_budget: `total_steps` must be an int >= 1. "
                 f"Received: total_steps={total_steps!r}"
