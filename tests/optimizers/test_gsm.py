@@ -105,6 +105,24 @@ def test_for_budget_sets_the_short_budget_recipe_and_prunes_exactly():
         ksm.GSMMomentum.for_budget(0, compression=10)
 
 
+def test_for_budget_warms_up_over_the_dense_tenth_then_decays_to_zero():
+    opt = ksm.GSMMomentum.for_budget(100, compression=10, learning_rate=0.2, momentum=0.9)
+    schedule = opt._learning_rate
+    rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    np.testing.assert_allclose(rates, [0.0, 0.1, 0.2, 0.1, 0.0], atol=1e-6)
+    clone = ksm.GSMMomentum.from_config(opt.get_config())
+    assert float(clone._learning_rate(55)) == pytest.approx(0.1, abs=1e-6)
+    plain = ksm.GSMMomentum.for_budget(100, compression=10, learning_rate=0.2,
+                                       warmup_cosine=False)
+    assert float(plain.learning_rate) == pytest.approx(0.2)
+    numpy_peak = ksm.GSMMomentum.for_budget(100, compression=10, learning_rate=np.float32(0.2))
+    assert float(numpy_peak._learning_rate(10)) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="warmup_cosine=False"):
+        ksm.GSMMomentum.for_budget(
+            100, compression=10,
+            learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5))
+
+
 # -- exact compression --------------------------------------------------------
 
 
