@@ -48,7 +48,7 @@ def main():
     steps = args.epochs * -(-len(x_train) // 64)
     model.compile(
         optimizer=ksm.GSMMomentum.for_budget(
-            steps, compression=args.compression, learning_rate=0.05, momentum=0.9, nesterov=True
+            steps, compression=args.compression, learning_rate=0.2, momentum=0.9, nesterov=True
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],

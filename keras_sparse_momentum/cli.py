@@ -272,7 +272,7 @@ def _demo(args):
     keras.utils.set_random_seed(args.seed)
     model = lenet_300_100()
     optimizer = ksm.GSMMomentum.for_budget(
-        steps, compression=args.compression, learning_rate=0.05, momentum=0.9, nesterov=True
+        steps, compression=args.compression, learning_rate=0.2, momentum=0.9, nesterov=True
     )
     model.compile(
         optimizer=optimizer,
