@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-SECTIONS = ("accuracy", "layers", "cost", "structured", "prox_nag_lenet5")
+SECTIONS = ("accuracy", "layers", "sweep", "cost", "structured", "prox_nag_lenet5")
 HERE = Path(__file__).resolve().parent
 
 

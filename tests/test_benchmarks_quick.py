@@ -18,7 +18,7 @@ def results_md(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--only",
-         "accuracy,cost,structured,prox_nag_lenet5",
+         "accuracy,sweep,cost,structured,prox_nag_lenet5",
          "--grid", "lenet300:60", "--methods", "dense,gsm_short,gsm_paper,gmp,tfmot",
          "--cost-models", "lenet300", "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
@@ -48,6 +48,19 @@ def test_accuracy_rows_have_numbers(results_md, method):
     assert 0 <= accuracy <= 100
     # 60x: exactly ceil(N/60) of the N prunable weights survive (tfmot: per layer, rounded).
     assert sparsity == pytest.approx(0.0 if compression == "1x" else 100 * (1 - 1 / 60), abs=0.05)
+
+
+def test_sweep_rows_and_best_against_best(results_md):
+    for method, compression in (("dense \\(SGD, warmup \\+ cosine\\)", 1),
+                                ("GSM \\(for_budget\\)", 60)):
+        row = re.search(rf"^\| LeNet-300-100 \| {method} \| {compression}x \| 0.2 \| 1 \| 0 "
+                        rf"\| ({NUMBER}) ± {NUMBER} \|", results_md, re.M)
+        assert row and 0 <= float(row.group(1)) <= 100, method
+    best = re.search(rf"LeNet-300-100 at 60x: GSM ({NUMBER}) % \(lr 0.2\) vs dense ({NUMBER}) % "
+                     rf"\(lr 0.2\): ([+-]\d+\.\d+) points", results_md)
+    assert best
+    assert float(best.group(3)) == pytest.approx(
+        float(best.group(1)) - float(best.group(2)), abs=0.011)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "gsm_short", "gsm_paper"])

@@ -1,0 +1,158 @@
+"""Issue 2's headline rows with the learning rate swept: GSM's `for_budget` recipe vs dense SGD.
+
+The accuracy section trains every method at one constant learning rate per
+model. `GSMMomentum.for_budget` schedules its learning rate (linear warmup over
+the dense first tenth, cosine to 0), which wants a higher peak. So that
+neither side is judged at a rate that suits the other, this section trains
+dense SGD, and gradual magnitude pruning (PruneToRatio's polynomial schedule
++ SGD, as in the accuracy table), with the *same* schedule at every rate of
+`config.SWEEP` and compares each method's best rate with the others'.
+`--methods` and `--grid` (its models) rerun some of them; stored runs of the
+others are kept.
+"""
+
+import datetime
+import math
+import time
+
+import numpy as np
+
+from benchmarks import accuracy, config, models
+from keras_sparse_momentum.schedules import warmup_cosine
+
+NAME = "sweep"
+TITLE = "Headline rows, learning rate swept: GSM for_budget vs dense (same schedule)"
+LABELS = {"dense": "dense (SGD, warmup + cosine)", "gsm_budget": "GSM (for_budget)",
+          "gmp": "GMP: PruneToRatio polynomial + SGD (warmup + cosine)"}
+
+
+def plan(opts):
+    """(model, compression, method, learning_rate, seed) jobs, seed-major."""
+    quick = opts.quick
+    methods = [m for m in LABELS if m in (opts.methods or LABELS)]
+    chosen = {model for model, _ in opts.grid or []}
+    jobs = []
+    for model, settings in config.SWEEP.items():
+        if chosen and model not in chosen:
+            continue
+        seeds = config.QUICK["seeds"] if quick else tuple(range(settings["seeds"]))
+        rates = settings["learning_rates"][-1:] if quick else settings["learning_rates"]
+        for seed in seeds:
+            for method in methods:
+                for lr in rates:
+                    jobs.append(dict(
+                        model=model, method=method, learning_rate=lr, seed=seed,
+                        compression=1 if method == "dense" else settings["compression"],
+                        epochs=config.QUICK["epochs"] if quick else config.EPOCHS,
+                        frequency=config.QUICK["frequency"] if quick else config.GMP["frequency"],
+                        train_limit=config.QUICK["train_limit"] if quick else None,
+                        test_limit=config.QUICK["test_limit"] if quick else None))
+        if quick:
+            break  # one model is enough to check that every number is produced
+    return jobs
+
+
+def _train(job, arrays):
+    import keras
+
+    import keras_sparse_momentum as ksm
+
+    x, y = arrays[:2]
+    steps = math.ceil(len(x) / config.BATCH) * job["epochs"]
+    keras.utils.set_random_seed(job["seed"])
+    model = models.build(keras, job["model"])
+    momentum = config.SGD["momentum"]
+    callbacks = []
+    if job["method"] in ("dense", "gmp"):
+        optimizer = keras.optimizers.SGD(warmup_cosine(job["learning_rate"], steps),
+                                         momentum=momentum)
+        if job["method"] == "gmp":
+            callbacks.append(ksm.PruneToRatio(
+                compression=job["compression"], schedule="polynomial",
+                end_step=max(1, int(config.GMP["end_fraction"] * steps)),
+                frequency=job["frequency"]))
+    else:
+        optimizer = ksm.GSMMomentum.for_budget(
+            steps, compression=job["compression"], learning_rate=job["learning_rate"],
+            momentum=momentum, nesterov=True)
+    accuracy._fit(model, optimizer, x, y, job["epochs"], callbacks)
+    return model
+
+
+def run(opts, previous=None):
+    from benchmarks import data
+
+    jobs = plan(opts)
+    arrays = data.load_mnist(jobs[0]["train_limit"], jobs[0]["test_limit"])
+    planned = {_key(j) for j in jobs}
+    records = [r for r in (previous or {}).get("records", [])
+               if _key(r) not in planned and r["train_limit"] == jobs[0]["train_limit"]]
+    for job in jobs:
+        start = time.perf_counter()
+        try:
+            model = _train(job, arrays)
+            # Keras's SGD trains on through NaN; GSMMomentum raises instead (below).
+            finite = all(np.isfinite(w).all() for w in model.get_weights())
+            result = dict(test_acc=accuracy._evaluate(model, *arrays[2:]) if finite else 0.1,
+                          diverged=not finite)
+        except ValueError as error:  # GSMMomentum refuses to compress NaN weights
+            if "diverged" not in str(error):
+                raise
+            result = dict(test_acc=0.1, diverged=True)
+        result["seconds"] = time.perf_counter() - start
+        result["measured"] = datetime.datetime.now().isoformat(timespec="minutes")
+        records.append({**job, **result})
+        print(f"  {job['model']:9s} {job['method']:10s} lr {job['learning_rate']:<5} "
+              f"seed {job['seed']}: {100 * result['test_acc']:.2f} %", flush=True)
+        opts.checkpoint({"records": records})
+    return {"records": records}
+
+
+def _key(job):
+    return job["model"], job["method"], job["learning_rate"], job["seed"]
+
+
+def summarize(records):
+    """Mean, std, n and divergences per (model, method, learning rate)."""
+    groups = {}
+    for r in records:
+        groups.setdefault((r["model"], r["method"], r["learning_rate"]), []).append(r)
+    rows = []
+    for (model, method, lr), rs in groups.items():
+        acc = np.array([r["test_acc"] for r in rs]) * 100
+        rows.append(dict(model=model, method=method, learning_rate=lr,
+                         compression=rs[0]["compression"], n=len(rs), mean=float(acc.mean()),
+                         std=float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
+                         diverged=sum(r["diverged"] for r in rs)))
+    order = list(LABELS)
+    return sorted(rows, key=lambda r: (list(config.SWEEP).index(r["model"]),
+                                       order.index(r["method"]), r["learning_rate"]))
+
+
+def render(results, out):
+    rows = summarize(results["records"])
+    lines = [
+        f"Same data, {config.BATCH}-image batches and epochs as the accuracy section; momentum "
+        f"{config.SGD['momentum']} (GSM with Nesterov); every method: learning rate rising "
+        "linearly from 0 over the first tenth of the steps, then a cosine to 0. Mean ± "
+        "sample std over n seeds; a diverged run counts at 10 %.",
+        "",
+        "| model | method | compression | learning rate | n | diverged | test acc % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {models.TITLES[r['model']]} | {LABELS[r['method']]} | "
+                     f"{r['compression']}x | {r['learning_rate']} | {r['n']} | {r['diverged']} "
+                     f"| {r['mean']:.2f} ± {r['std']:.2f} |")
+    lines += ["", "Best rate against best rate:", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        best = {m: max(found, key=lambda r: r["mean"]) for m in LABELS
+                if (found := [r for r in rows if r["model"] == model and r["method"] == m])}
+        gsm, dense = best["gsm_budget"], best["dense"]
+        gmp = (f"; GMP {best['gmp']['mean']:.2f} % (lr {best['gmp']['learning_rate']})"
+               if "gmp" in best else "")
+        lines.append(
+            f"- {models.TITLES[model]} at {gsm['compression']}x: GSM {gsm['mean']:.2f} % "
+            f"(lr {gsm['learning_rate']}) vs dense {dense['mean']:.2f} % "
+            f"(lr {dense['learning_rate']}): {gsm['mean'] - dense['mean']:+.2f} points{gmp}.")
+    return "\n".join(lines)
