@@ -144,7 +144,10 @@ def render(results, out):
         lines.append(f"| {models.TITLES[r['model']]} | {LABELS[r['method']]} | "
                      f"{r['compression']}x | {r['learning_rate']} | {r['n']} | {r['diverged']} "
                      f"| {r['mean']:.2f} ± {r['std']:.2f} |")
-    lines += ["", "Best rate against best rate:", ""]
+    dates = [r["measured"] for r in results["records"]]
+    lines += ["", f"Runs measured {min(dates)} to {max(dates)} (rows can be rerun alone with "
+              "`--methods` and `--grid`, so the date above is that of the last part).",
+              "", "Best rate against best rate:", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         best = {m: max(found, key=lambda r: r["mean"]) for m in LABELS
                 if (found := [r for r in rows if r["model"] == model and r["method"] == m])}
