@@ -79,6 +79,8 @@ def parse_args(argv):
                         "(default: both models x 2, 5, 10, 30, 60, 125)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=None,
                    help="accuracy methods (default all): dense,gsm_short,gsm_paper,gmp,tfmot,l1,proxnag")
+    p.add_argument("--sweep-methods", type=lambda s: s.split(","), default=None,
+                   help="sweep methods (default all): dense,gsm_budget,gmp")
     p.add_argument("--render", action="store_true",
                    help="run nothing: rewrite RESULTS.md and plots from the stored results")
     p.add_argument("--resume", action="store_true",

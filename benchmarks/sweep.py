@@ -7,8 +7,8 @@ neither side is judged at a rate that suits the other, this section trains
 dense SGD, and gradual magnitude pruning (PruneToRatio's polynomial schedule
 + SGD, as in the accuracy table), with the *same* schedule at every rate of
 `config.SWEEP` and compares each method's best rate with the others'.
-`--methods` and `--grid` (its models) rerun some of them; stored runs of the
-others are kept.
+`--sweep-methods` and `--grid` (its models) rerun some of them; stored runs of
+the others are kept.
 """
 
 import datetime
@@ -29,7 +29,7 @@ LABELS = {"dense": "dense (SGD, warmup + cosine)", "gsm_budget": "GSM (for_budge
 def plan(opts):
     """(model, compression, method, learning_rate, seed) jobs, seed-major."""
     quick = opts.quick
-    methods = [m for m in LABELS if m in (opts.methods or LABELS)]
+    methods = [m for m in LABELS if m in (opts.sweep_methods or LABELS)]
     chosen = {model for model, _ in opts.grid or []}
     jobs = []
     for model, settings in config.SWEEP.items():
@@ -146,11 +146,13 @@ def render(results, out):
                      f"| {r['mean']:.2f} ± {r['std']:.2f} |")
     dates = [r["measured"] for r in results["records"]]
     lines += ["", f"Runs measured {min(dates)} to {max(dates)} (rows can be rerun alone with "
-              "`--methods` and `--grid`, so the date above is that of the last part).",
+              "`--sweep-methods` and `--grid`, so the date above is that of the last part).",
               "", "Best rate against best rate:", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         best = {m: max(found, key=lambda r: r["mean"]) for m in LABELS
                 if (found := [r for r in rows if r["model"] == model and r["method"] == m])}
+        if not {"gsm_budget", "dense"} <= set(best):
+            continue
         gsm, dense = best["gsm_budget"], best["dense"]
         gmp = (f"; GMP {best['gmp']['mean']:.2f} % (lr {best['gmp']['learning_rate']})"
                if "gmp" in best else "")
