@@ -114,17 +114,23 @@ def _train_keras(job, data_arrays):
     return model
 
 
-def run_keras_job(job, data_arrays):
-    """Train and evaluate; a run that diverges is recorded at chance accuracy."""
+def run_keras_job(job, data_arrays, train=None):
+    """Train (`train(job, data_arrays)`, default this section's) and evaluate.
+
+    A run that diverges is recorded at chance accuracy: GSMMomentum raises,
+    Keras's SGD trains on through NaN and leaves non-finite weights.
+    """
     start = time.perf_counter()
+    diverged = {"test_acc": 0.1, "sparsity": float("nan"), "layers": [], "diverged": True}
     try:
-        model = _train_keras(job, data_arrays)
+        model = (train or _train_keras)(job, data_arrays)
     except ValueError as error:  # GSMMomentum refuses to compress NaN weights
         if "diverged" not in str(error):
             raise
-        return {"test_acc": 0.1, "sparsity": float("nan"), "layers": [], "diverged": True,
-                "seconds": time.perf_counter() - start}
+        return {**diverged, "seconds": time.perf_counter() - start}
     seconds = time.perf_counter() - start
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        return {**diverged, "seconds": seconds}
     layers = models.layer_densities(model)
     size, nonzeros = sum(r[1] for r in layers), sum(r[2] for r in layers)
     return {

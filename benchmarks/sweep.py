@@ -13,7 +13,6 @@ the others are kept.
 
 import datetime
 import math
-import time
 
 import numpy as np
 
@@ -88,18 +87,7 @@ def run(opts, previous=None):
     records = [r for r in (previous or {}).get("records", [])
                if _key(r) not in planned and r["train_limit"] == jobs[0]["train_limit"]]
     for job in jobs:
-        start = time.perf_counter()
-        try:
-            model = _train(job, arrays)
-            # Keras's SGD trains on through NaN; GSMMomentum raises instead (below).
-            finite = all(np.isfinite(w).all() for w in model.get_weights())
-            result = dict(test_acc=accuracy._evaluate(model, *arrays[2:]) if finite else 0.1,
-                          diverged=not finite)
-        except ValueError as error:  # GSMMomentum refuses to compress NaN weights
-            if "diverged" not in str(error):
-                raise
-            result = dict(test_acc=0.1, diverged=True)
-        result["seconds"] = time.perf_counter() - start
+        result = accuracy.run_keras_job(job, arrays, train=_train)
         result["measured"] = datetime.datetime.now().isoformat(timespec="minutes")
         records.append({**job, **result})
         print(f"  {job['model']:9s} {job['method']:10s} lr {job['learning_rate']:<5} "
@@ -123,7 +111,7 @@ def summarize(records):
         rows.append(dict(model=model, method=method, learning_rate=lr,
                          compression=rs[0]["compression"], n=len(rs), mean=float(acc.mean()),
                          std=float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
-                         diverged=sum(r["diverged"] for r in rs)))
+                         diverged=sum(bool(r.get("diverged")) for r in rs)))
     order = list(LABELS)
     return sorted(rows, key=lambda r: (list(config.SWEEP).index(r["model"]),
                                        order.index(r["method"]), r["learning_rate"]))
