@@ -5,8 +5,8 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_sparse_momentum.callbacks import state as state_lib
 from keras_sparse_momentum.callbacks.halving_search import HalvingSearch
 from keras_sparse_momentum.callbacks.prune_to_ratio import _MaskConstraint
 from keras_sparse_momentum.surgery.dead_units import _readers, _rows
@@ -20,6 +20,16 @@ def _check_int(value, name, low, owner="AOFP"):
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{owner}: `{name}` must be an int >= {low}. Received: {name}={value!r}")
     return value
+
+
+def _compiled(function):
+    """`tf.function(function)` on TensorFlow. Other backends run it eagerly: a
+    jitted JAX function would hold the weights it read at trace time."""
+    if keras.backend.backend() != "tensorflow":
+        return function
+    import tensorflow as tf
+
+    return tf.function(function)
 
 
 def _following_batch_norm(channel_graph, node):
@@ -202,6 +212,7 @@ class AOFP(keras.callbacks.Callback):
         self.thresh_growth = float(thresh_growth)
         self.seed = seed
         self.verbose = verbose
+        self._holder = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -263,7 +274,17 @@ class AOFP(keras.callbacks.Callback):
                 self._constrained.append((variable, variable.constraint))
                 variable.constraint = _MaskConstraint(mask, variable.constraint)
 
-    def on_train_begin(self, logs=None):
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model, "optimizer", None) is not None and model.built:
+            self._attach()
+
+    def _attach(self):
+        """The targets, the probe and the masks (optimizer variables) and the host
+        state, before `BackupAndRestore` can restore them (see callbacks/state.py)."""
+        optimizer = self.model.optimizer
+        if self._holder is not None and getattr(optimizer, self._holder.name, None) is self._holder:
+            return  # attached to this optimizer already
         graph = ChannelGraph(self.model)
         self._graph = graph
         spaces = self._targets(graph)
@@ -278,17 +299,20 @@ class AOFP(keras.callbacks.Callback):
         probe_model = keras.Model(inputs, tensors)
         # Compiled once per target (the argument `i` is static): a measurement
         # costs one forward pass of the probe plus two calls of each next layer.
-        self._forward = tf.function(lambda batch: probe_model(batch, training=False))
-        self._damage_fn = tf.function(self._damage)
+        self._forward = _compiled(lambda batch: probe_model(batch, training=False))
+        self._damage_fn = _compiled(self._damage)
+        state_lib.build_optimizer(self.model)
+        self._masks = [state_lib.step_variable(self.model, (s.width,), "aofp_mask") for s in spaces]
+        self._holder = state_lib.attach_host_state(self, self._host_state)
+
+    def on_train_begin(self, logs=None):
+        self._attach()
+        spaces = [p.space for p in self._probes]
+        graph = self._graph
         self._searches = [
             HalvingSearch(s.width, self.iters_per_half, self.thresh, self.min_filters)
             for s in spaces
         ]
-        with self.model.distribute_strategy.scope():
-            self._masks = [
-                keras.Variable(np.ones(s.width, "float32"), trainable=False, name="aofp_mask")
-                for s in spaces
-            ]
         self._constrained = []
         for space, mask in zip(spaces, self._masks):
             self._mask_space(space, mask)
@@ -307,6 +331,36 @@ class AOFP(keras.callbacks.Callback):
         self.measure_seconds = 0.0
         self.thresh_reached = self.thresh
         self._rounds_at_raise = [0] * len(spaces)
+        self._update_flops()
+        self._resumed = False
+
+    # -- host state (carried by BackupAndRestore; see callbacks/state.py) ------
+
+    def _host_state(self):
+        document = {
+            "step": self._step, "measurements": self.measurements,
+            "measure_seconds": self.measure_seconds, "thresh_reached": self.thresh_reached,
+            "rounds_at_raise": self._rounds_at_raise, "events": self.events,
+            "rng": self._rng.bit_generator.state,
+            "searches": [search.state() for search in self._searches],
+        }
+        return document, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._resumed:
+            return
+        self._resumed = True
+        restored = self._holder.take_restored()
+        if restored is None:
+            return
+        document = restored[0]  # the masks came back with the optimizer's variables
+        self._step, self.measurements = document["step"], document["measurements"]
+        self.measure_seconds = document["measure_seconds"]
+        self.thresh_reached = document["thresh_reached"]
+        self._rounds_at_raise, self.events = document["rounds_at_raise"], document["events"]
+        self._rng.bit_generator.state = document["rng"]
+        for search, state in zip(self._searches, document["searches"]):
+            search.load_state(state)
         self._update_flops()
 
     # -- measuring and deciding -----------------------------------------------
@@ -395,6 +449,7 @@ class AOFP(keras.callbacks.Callback):
         ]
         if not active:
             return
+        self.model  # noqa: B018 -- on JAX, brings the training state back into the variables
         start = time.perf_counter()
         self._measure(active)
         self.measurements += 1
@@ -434,6 +489,10 @@ class AOFP(keras.callbacks.Callback):
             variable.assign(variable.constraint(variable))
             variable.constraint = constraint
         self._constrained = []
+        optimizer = self.model.optimizer
+        state_lib.release_step_variables(optimizer, self._masks)
+        state_lib.detach_host_state(optimizer, self._holder)
+        self._holder = None
         self.model.make_train_function(force=True)
         if self.events:
             self._reestimate_batch_norm()
