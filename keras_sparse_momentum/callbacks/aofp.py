@@ -280,8 +280,8 @@ class AOFP(keras.callbacks.Callback):
             self._attach()
 
     def _attach(self):
-        """The targets, the probe and the masks (optimizer variables) and the host
-        state, before `BackupAndRestore` can restore them (see callbacks/state.py)."""
+        """The targets, the probe, the masks and the host state (see
+        callbacks/state.py), before `BackupAndRestore` can restore them."""
         optimizer = self.model.optimizer
         if self._holder is not None and getattr(optimizer, self._holder.name, None) is self._holder:
             return  # attached to this optimizer already
@@ -344,7 +344,8 @@ class AOFP(keras.callbacks.Callback):
             "rng": self._rng.bit_generator.state,
             "searches": [search.state() for search in self._searches],
         }
-        return document, {}
+        masks = {f"mask_{i}": keras.ops.convert_to_numpy(m) for i, m in enumerate(self._masks)}
+        return document, masks
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._resumed:
@@ -353,7 +354,9 @@ class AOFP(keras.callbacks.Callback):
         restored = self._holder.take_restored()
         if restored is None:
             return
-        document = restored[0]  # the masks came back with the optimizer's variables
+        document, arrays = restored
+        for i, mask in enumerate(self._masks):
+            mask.assign(arrays[f"mask_{i}"])
         self._step, self.measurements = document["step"], document["measurements"]
         self.measure_seconds = document["measure_seconds"]
         self.thresh_reached = document["thresh_reached"]

@@ -208,8 +208,8 @@ class PruneToRatio(keras.callbacks.Callback):
             self._holder = None
 
     def _attach(self):
-        """Create the masks (optimizer variables) and the host state, once per `fit`,
-        before `BackupAndRestore` can restore them."""
+        """Create the masks and the host state (see callbacks/state.py), once per
+        `fit`, before `BackupAndRestore` can restore them."""
         model = self.model
         if self._holder is not None:
             if getattr(model.optimizer, self._holder.name, None) is self._holder:
@@ -233,10 +233,11 @@ class PruneToRatio(keras.callbacks.Callback):
         self._holder = None
 
     def _host_state(self):
-        document = {"point": self._last_point}
-        arrays = {}
+        document, arrays = {"point": self._last_point}, {}
         if self._driver is not None:
             document["prox_iterative"], arrays = self._driver.host_state()
+        for i, mask in enumerate(self._mask_vars):
+            arrays[f"mask_{i}"] = keras.ops.convert_to_numpy(mask)
         return document, arrays
 
     def _resume(self):
@@ -248,8 +249,10 @@ class PruneToRatio(keras.callbacks.Callback):
             document, arrays = restored
             self._last_point = document["point"]
             if self._active == "polynomial":
-                kept = sum(float(np.sum(keras.ops.convert_to_numpy(m))) for m in self._mask_vars)
-                self._mask_sparsity = 1.0 - kept / self._total
+                masks = [arrays[f"mask_{i}"] for i in range(len(self._mask_vars))]
+                for mask_var, mask in zip(self._mask_vars, masks):
+                    mask_var.assign(mask)
+                self._mask_sparsity = 1.0 - sum(float(m.sum()) for m in masks) / self._total
             if self._driver is not None:
                 self._driver.load_host_state(document["prox_iterative"], arrays)
         if self._driver is not None and not self._driver.started:

@@ -1,31 +1,35 @@
-"""Where the pruning callbacks keep their state during `fit`: in the model's optimizer.
+"""Where the pruning callbacks keep their state during `fit`: with the model's optimizer.
 
 A callback's state must survive what Keras saves and restores mid-training
 (`keras.callbacks.BackupAndRestore`: `model.save_weights` after an epoch,
 `model.load_weights` in its `on_train_begin`; a `.keras` file written by
-`ModelCheckpoint`), and, on JAX, reach a train step that is a pure function
-of the model's and the optimizer's variables. So it lives in two places, both
-reached by Keras's saving through `model.optimizer`:
+`ModelCheckpoint`) and, on JAX, reach a train step that is a pure function of
+the model's and the optimizer's variables. Two kinds of state:
 
-- *Step state*, what the compiled step reads (masks held by variable
-  constraints): optimizer variables (`step_variable`). On JAX the train step
-  receives exactly the model's and the optimizer's variables; any other
-  `keras.Variable` would be a constant captured at trace time.
+- *Step state*, what the compiled step reads: the masks that variable
+  constraints multiply into the weights after every update (`step_variable`).
+  On JAX they are optimizer variables: the stateless train step receives
+  exactly the model's and the optimizer's variables, and any other
+  `keras.Variable` would be a constant captured at trace time. On TensorFlow
+  (whose step reads variables by reference) they are plain variables, so that
+  the optimizer's variable list keeps the length a freshly compiled
+  optimizer has and a `.keras` file written mid-`fit` (ModelCheckpoint) still
+  loads the optimizer's state. On JAX such a file holds the masks among the
+  optimizer's variables: `keras.models.load_model` restores the weights and
+  skips the optimizer's variables, with Keras's warning.
 - *Host state*, what the callback decides with between steps (search scores,
-  round and phase, snapshots, the random generator): `HostState`, a holder
-  attached to the optimizer that writes a JSON document and numpy arrays
-  next to the optimizer's variables, exactly (float64, big integers).
+  round and phase, snapshots, the random generator, the masks' values):
+  `HostState`, a holder attached to the optimizer that Keras's saving writes
+  next to the optimizer's variables as a JSON document and numpy arrays,
+  exactly (float64, big integers). `load_model` ignores it.
 
-Both are attached in `Callback.set_model`, which Keras calls for every
+Both are created in `Callback.set_model`, which Keras calls for every
 callback before any `on_train_begin`, so they exist when `BackupAndRestore`
-loads a backup, wherever it sits in the callback list; a callback therefore
-applies restored host state at its first `on_epoch_begin`, after every
-`on_train_begin`. Both are detached at `on_train_end`, so a model saved after
-`fit` carries only the optimizer's own variables. A `.keras` file written
-*during* such a `fit` holds the step variables in the optimizer's list:
-`keras.models.load_model` restores the model's weights from it but skips the
-optimizer's variables (with Keras's warning), because a freshly compiled
-optimizer has fewer; resume with `BackupAndRestore` instead.
+loads a backup, wherever it sits in the callback list; a callback applies
+restored host state at its first `on_epoch_begin`, after every
+`on_train_begin`, and changes nothing in the model before then. Both are
+detached at `on_train_end`, so a model saved after `fit` carries only the
+optimizer's own variables.
 
 This module is the one place that touches Keras's private hooks for this
 (`optimizer._untrack_variable`, the model's `jax_state_sync` through
@@ -62,13 +66,17 @@ def build_optimizer(model):
 
 
 def step_variable(model, shape, name):
-    """A float32 optimizer variable of `model.optimizer`, all ones (a mask)."""
-    with strategy_scope(model):
+    """A float32 variable of ones (a mask) that the train step reads as state:
+    an optimizer variable of `model.optimizer` where the step is stateless
+    (JAX), else a plain variable in the model's distribution scope."""
+    if keras.backend.backend() == "jax":
         return model.optimizer.add_variable(shape, initializer="ones", dtype="float32", name=name)
+    with strategy_scope(model):
+        return keras.Variable(np.ones(shape, "float32"), trainable=False, name=name)
 
 
 def release_step_variables(optimizer, variables):
-    """Remove `variables` (from `step_variable`) from the optimizer's variables."""
+    """Remove `variables` (from `step_variable`) from the optimizer's variables, if there."""
     for variable in variables:
         if any(v is variable for v in optimizer.variables):
             optimizer._untrack_variable(variable)

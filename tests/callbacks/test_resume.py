@@ -9,6 +9,8 @@ pruning round (ProxNAG's iterative rounds), mid-search (AOFP), mid-training
 (C-SGD).
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -65,6 +67,25 @@ def crash_and_resume(build, data, crash_epoch, backup_dir, epochs=EPOCHS):
     return whole, crashed, resumed
 
 
+def checkpoint_and_continue(build, data, crash_epoch, path, epochs=EPOCHS):
+    """(uninterrupted model and callbacks, model loaded from a `.keras` file written
+    mid-training by ModelCheckpoint and trained on with rebuilt callbacks)."""
+    x, y = data
+    kwargs = dict(batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0)
+    whole = build()
+    whole[0].fit(x, y, callbacks=whole[1], **kwargs)
+    crashed = build()
+    checkpoint = keras.callbacks.ModelCheckpoint(str(path))
+    with pytest.raises(_Interrupted):
+        crashed[0].fit(x, y, callbacks=[*crashed[1], checkpoint, _Crash(crash_epoch)], **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the optimizer's state loads: no "Skipping" warning
+        model = keras.saving.load_model(str(path))
+    callbacks = build()[1]
+    model.fit(x, y, callbacks=callbacks, initial_epoch=crash_epoch, **kwargs)
+    return whole, (model, callbacks)
+
+
 def _data():
     return classification_data(n=256)
 
@@ -107,10 +128,33 @@ def test_polynomial_prune_to_ratio_resumed_mid_ramp(tmp_path):
     assert resumed[1][0].kept == whole[1][0].kept
 
 
+def test_polynomial_prune_to_ratio_continues_from_a_keras_file(tmp_path):
+    """TensorFlow: the masks are not optimizer variables, so the file's optimizer state
+    loads; a new PruneToRatio recomputes the held mask from the weights' exact zeros."""
+    def build():
+        keras.utils.set_random_seed(0)
+        model = compile_for_test(mlp(), keras.optimizers.SGD(0.05, momentum=0.9))
+        return model, [ksm.PruneToRatio(sparsity=0.9, schedule="polynomial", frequency=3)]
+
+    whole, loaded = checkpoint_and_continue(build, _data(), 2, tmp_path / "mid.keras")
+    assert max_difference(whole[0], loaded[0]) == 0.0
+    assert loaded[1][0].kept == whole[1][0].kept
+
+
+def _functional_mlp():
+    """`mlp()` as a functional model with named layers: a Sequential's variable paths
+    carry the model's generated name, which `load_model` does not give back, and a
+    ClusterPlan is keyed by paths."""
+    x = inputs = keras.Input((16,))
+    for i, units in enumerate((32, 24)):
+        x = keras.layers.Dense(units, activation="relu", name=f"hidden{i}")(x)
+    return keras.Model(inputs, keras.layers.Dense(4, name="logits")(x))
+
+
 def test_centripetal_sgd_resumed_mid_training(tmp_path):
     def build():
         keras.utils.set_random_seed(0)
-        model = mlp()
+        model = _functional_mlp()
         plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
         opt = ksm.CentripetalSGD(plan, 0.05, centripetal_strength=0.3)
         return compile_for_test(model, opt), []
@@ -118,6 +162,10 @@ def test_centripetal_sgd_resumed_mid_training(tmp_path):
     whole, _, resumed = crash_and_resume(build, _data(), 3, tmp_path / "backup")
     report("CentripetalSGD", whole[0], resumed[0])
     assert max_difference(whole[0], resumed[0]) == 0.0
+    # From a .keras file: the plan comes back in the optimizer's config, unbound.
+    whole, loaded = checkpoint_and_continue(build, _data(), 3, tmp_path / "mid.keras")
+    assert isinstance(loaded[0].optimizer, ksm.CentripetalSGD)
+    assert max_difference(whole[0], loaded[0]) == 0.0
 
 
 def test_prox_nag_iterative_rounds_resumed_inside_a_pruning_round(tmp_path):
