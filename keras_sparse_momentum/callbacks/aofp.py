@@ -22,14 +22,25 @@ def _check_int(value, name, low, owner="AOFP"):
     return value
 
 
-def _compiled(function):
-    """`tf.function(function)` on TensorFlow. Other backends run it eagerly: a
-    jitted JAX function would hold the weights it read at trace time."""
-    if keras.backend.backend() != "tensorflow":
-        return function
-    import tensorflow as tf
+def _compiled(function, variables, static_argnums=()):
+    """`function` compiled once per static arguments, reading `variables` as they are
+    at each call: a `tf.function` on TensorFlow, a `jax.jit` given their values as
+    state on JAX (a plain jit would hold the values it read when traced)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return tf.function(function)
+        return tf.function(function)
+    if backend != "jax":
+        return function
+    import jax
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return function(*args)
+
+    jitted = jax.jit(pure, static_argnums=tuple(i + 1 for i in static_argnums))
+    return lambda *args: jitted([v.value for v in variables], *args)
 
 
 def _following_batch_norm(channel_graph, node):
@@ -299,8 +310,9 @@ class AOFP(keras.callbacks.Callback):
         probe_model = keras.Model(inputs, tensors)
         # Compiled once per target (the argument `i` is static): a measurement
         # costs one forward pass of the probe plus two calls of each next layer.
-        self._forward = _compiled(lambda batch: probe_model(batch, training=False))
-        self._damage_fn = _compiled(self._damage)
+        weights = self.model.weights
+        self._forward = _compiled(lambda batch: probe_model(batch, training=False), weights)
+        self._damage_fn = _compiled(self._damage, weights, static_argnums=(0,))
         state_lib.build_optimizer(self.model)
         self._masks = [state_lib.step_variable(self.model, (s.width,), "aofp_mask") for s in spaces]
         self._holder = state_lib.attach_host_state(self, self._host_state)
