@@ -141,9 +141,10 @@ class ProxNAG(base.PruningSGD):
             else None
             for v, flag in zip(variables, self._prunable_flags)
         ]
-        self._supports = [
-            self.add_variable_from_reference(v, "support", initializer="ones") if flag
-            else None
+        self._supports = [  # boolean: a quarter of w~'s memory in float32
+            self.add_variable(v.shape, initializer="ones", dtype="bool",
+                              name=f"{v.path.replace('/', '_')}_support",
+                              layout=getattr(v, "_layout", None)) if flag else None
             for v, flag in zip(variables, self._prunable_flags)
         ]
 
@@ -163,14 +164,13 @@ class ProxNAG(base.PruningSGD):
 
     def set_support(self, variable, mask):
         """Hold the support `mask` (bool or 0/1) for the prunable `variable`."""
-        holder = self._supports[self._get_variable_index(variable)]
-        holder.assign(ops.cast(mask, holder.dtype))
+        self._supports[self._get_variable_index(variable)].assign(ops.cast(mask, "bool"))
 
     def release_support(self):
         """Stop holding supports: every support mask back to all ones."""
         for holder in self._supports:
             if holder is not None:
-                holder.assign(ops.ones(holder.shape, holder.dtype))
+                holder.assign(ops.ones(holder.shape, "bool"))
 
     # -- the step -----------------------------------------------------------
 
@@ -197,7 +197,7 @@ class ProxNAG(base.PruningSGD):
             ops.subtract(variable, ops.multiply(lr, gradient)),
             ops.multiply(lr, ops.cast(self.l1, dtype)),
         )
-        iterate = ops.multiply(iterate, self._supports[index])
+        iterate = ops.where(self._supports[index], iterate, ops.zeros_like(iterate))
         momentum = ops.cast(self.momentum, dtype)
         self.assign(
             variable,
