@@ -112,7 +112,11 @@ class AOFP(keras.callbacks.Callback):
 
     The search lives within one `fit` call (steps count from its start); a
     later `fit` with a new AOFP starts from the weights as they are, so run
-    the search and its fine-tuning in one `fit`, or `strip` in between.
+    the search and its fine-tuning in one `fit`, or `strip` in between. Its
+    state (masks, scores, search spaces, thresholds, the random generator)
+    lives with the model's optimizer (callbacks/state.py), so
+    `keras.callbacks.BackupAndRestore` resumes a killed `fit` mid-search
+    exactly.
 
     FLOPs are the dense multiply-accumulates of the Dense/Conv kernels per
     example (`sparsity_report(...).dense_macs`), of the model `strip` would
@@ -349,6 +353,8 @@ class AOFP(keras.callbacks.Callback):
     # -- host state (carried by BackupAndRestore; see callbacks/state.py) ------
 
     def _host_state(self):
+        if getattr(self, "_searches", None) is None:  # saved before fit began
+            return {}, {}
         document = {
             "step": self._step, "measurements": self.measurements,
             "measure_seconds": self.measure_seconds, "thresh_reached": self.thresh_reached,
@@ -364,7 +370,7 @@ class AOFP(keras.callbacks.Callback):
             return
         self._resumed = True
         restored = self._holder.take_restored()
-        if restored is None:
+        if restored is None or not restored[0]:
             return
         document, arrays = restored
         for i, mask in enumerate(self._masks):

@@ -63,6 +63,12 @@ class ProxIterative:
     `prox_phase` (0 prune, 1 fine-tune, 2 final); `epoch_log` keeps the same
     with the phase's name, `rounds` one entry per finished pruning phase.
 
+    The held support and `l1` are ProxNAG's own variables; everything else the
+    rounds decide with (phase, round, loss windows, the best state of the
+    pruning phase) is `host_state`, which `PruneToRatio` saves with the
+    optimizer, so `BackupAndRestore` resumes inside a round. The step count is
+    read only when a check is due (`StepClock`).
+
     Args:
         target_sparsity: in [0, 1).
         prunable: predicate for the prunable variables (as `PruneToRatio`).

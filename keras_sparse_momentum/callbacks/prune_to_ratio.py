@@ -40,8 +40,9 @@ class PruneToRatio(keras.callbacks.Callback):
     schedule of tfmot's `PolynomialDecay`): the sparsity rises from
     `initial_sparsity` to the target along
     `s_t = s_f + (s_i - s_f) * (1 - (t - begin) / (end - begin)) ** power`,
-    the masks are recomputed by magnitude every `frequency` optimizer steps and
-    *held after every step*: each pruned variable gets a mask constraint that
+    the masks are recomputed by magnitude at steps `begin_step + k * frequency`
+    (at the sparsity of that step) and at `end_step`, and *held after every
+    step*: each pruned variable gets a mask constraint that
     Keras's optimizers apply after each update, inside the compiled step (XLA
     included). The constraints are removed at the end of `fit`, where the
     exact cut is also made (a subclassed model is built by its first step, so
@@ -61,6 +62,11 @@ class PruneToRatio(keras.callbacks.Callback):
     The sparsity reached is written to `logs["sparsity"]` (each batch: the
     mask's; each epoch: measured on the weights), so the progress bar, History
     and a TensorBoard callback placed after this one show it.
+
+    The masks and the schedule's state live with the model's optimizer
+    (callbacks/state.py), so `keras.callbacks.BackupAndRestore` resumes a
+    killed `fit` exactly, the iterative rounds included, and the masks are
+    state of the compiled step on JAX too.
 
     Args:
         compression: C >= 1: keep `ceil(N / C)` of the N prunable weights.
@@ -133,7 +139,8 @@ class PruneToRatio(keras.callbacks.Callback):
         self.power = power
         self.reached_sparsity = None
         self.kept = None
-        self._holder, self._mask_vars, self._driver = None, [], None
+        self._attached_to, self._holder, self._mask_vars = None, None, []
+        self._driver, self._last_point = None, None
 
     # -- schedule ---------------------------------------------------------
 
@@ -205,16 +212,14 @@ class PruneToRatio(keras.callbacks.Callback):
         if getattr(model, "optimizer", None) is not None and model.trainable_variables:
             self._attach()
         else:  # a subclassed model, built by its first step: attached then
-            self._holder = None
+            self._attached_to = None
 
     def _attach(self):
-        """Create the masks and the host state (see callbacks/state.py), once per
-        `fit`, before `BackupAndRestore` can restore them."""
+        """Create the masks and the rounds' host state (see callbacks/state.py),
+        once per `fit`, before `BackupAndRestore` can restore them."""
         model = self.model
-        if self._holder is not None:
-            if getattr(model.optimizer, self._holder.name, None) is self._holder:
-                return  # attached to this optimizer already (e.g. fit called again after a crash)
-            self._holder = None
+        if self._attached_to is model.optimizer:
+            return  # attached already (e.g. fit called again after a crash)
         state_lib.build_optimizer(model)
         self._active = self._resolved_schedule()
         self._variables = prunable_lib.prunable_variables(model, self.prunable)
@@ -224,38 +229,33 @@ class PruneToRatio(keras.callbacks.Callback):
             self._mask_vars = [
                 state_lib.step_variable(model, v.shape, "prune_mask") for v in self._variables
             ]
-        self._holder = state_lib.attach_host_state(self, self._host_state)
+        self._holder = None
+        if self._active == "prox_iterative":
+            self._holder = state_lib.attach_host_state(self, self._host_state)
+        self._attached_to = model.optimizer
 
     def _detach(self):
         optimizer = self.model.optimizer
         state_lib.release_step_variables(optimizer, self._mask_vars)
         state_lib.detach_host_state(optimizer, self._holder)
-        self._holder = None
+        self._attached_to, self._holder = None, None
 
     def _host_state(self):
-        document, arrays = {"point": self._last_point}, {}
-        if self._driver is not None:
-            document["prox_iterative"], arrays = self._driver.host_state()
-        for i, mask in enumerate(self._mask_vars):
-            arrays[f"mask_{i}"] = keras.ops.convert_to_numpy(mask)
-        return document, arrays
+        """The iterative rounds' state (saved only for them: the polynomial
+        schedule's held mask is the weights' exact zeros, recomputed at the first
+        step after a restore, at the same update point, so the same mask)."""
+        return self._driver.host_state() if self._driver is not None else ({}, {})
 
     def _resume(self):
         """Take over the state a backup restored, if any, else start afresh
         (at the first `on_epoch_begin`, after every `on_train_begin`)."""
+        if self._driver is None:
+            return
         self.model  # noqa: B018 -- on JAX, brings the training state back into the variables
         restored = self._holder.take_restored()
-        if restored is not None:
-            document, arrays = restored
-            self._last_point = document["point"]
-            if self._active == "polynomial":
-                masks = [arrays[f"mask_{i}"] for i in range(len(self._mask_vars))]
-                for mask_var, mask in zip(self._mask_vars, masks):
-                    mask_var.assign(mask)
-                self._mask_sparsity = 1.0 - sum(float(m.sum()) for m in masks) / self._total
-            if self._driver is not None:
-                self._driver.load_host_state(document["prox_iterative"], arrays)
-        if self._driver is not None and not self._driver.started:
+        if restored is not None and restored[0]:
+            self._driver.load_host_state(*restored)
+        if not self._driver.started:
             self._driver.start()
 
     # -- callback hooks ---------------------------------------------------
@@ -268,7 +268,7 @@ class PruneToRatio(keras.callbacks.Callback):
         self._clock = state_lib.StepClock(
             lambda: int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         )
-        if self._holder is None:
+        if self._attached_to is None:
             self._variables = None  # a subclassed model, built by its first step
             return
         self._begin()

@@ -17,11 +17,12 @@ the model's and the optimizer's variables. Two kinds of state:
   loads the optimizer's state. On JAX such a file holds the masks among the
   optimizer's variables: `keras.models.load_model` restores the weights and
   skips the optimizer's variables, with Keras's warning.
-- *Host state*, what the callback decides with between steps (search scores,
-  round and phase, snapshots, the random generator, the masks' values):
-  `HostState`, a holder attached to the optimizer that Keras's saving writes
-  next to the optimizer's variables as a JSON document and numpy arrays,
-  exactly (float64, big integers). `load_model` ignores it.
+- *Host state*, what a callback decides with between steps (search scores,
+  round and phase, snapshots, the random generator, and the values of masks
+  that cannot be recomputed from the weights): `HostState`, a holder attached
+  to the optimizer that Keras's saving writes next to the optimizer's
+  variables as a JSON document and numpy arrays, exactly (float64, big
+  integers). `load_model` ignores it.
 
 Both are created in `Callback.set_model`, which Keras calls for every
 callback before any `on_train_begin`, so they exist when `BackupAndRestore`

@@ -43,10 +43,13 @@ def max_difference(a, b):
     return max(float(np.max(np.abs(x - y), initial=0.0)) for x, y in zip(_numpy(a), _numpy(b)))
 
 
-def crash_and_resume(build, data, crash_epoch, backup_dir, epochs=EPOCHS):
+def crash_and_resume(build, data, crash_epoch, backup_dir, epochs=EPOCHS, backup_first=False):
     """(uninterrupted model and callbacks, interrupted ones, resumed ones).
 
-    `build()` returns (model, callbacks), seeded, from code.
+    `build()` returns (model, callbacks), seeded, from code. The resumed run
+    lists `BackupAndRestore` first or last (`backup_first`): a callback's state
+    must come back whether the backup is loaded before or after its
+    `on_train_begin`.
     """
     x, y = data
 
@@ -61,9 +64,8 @@ def crash_and_resume(build, data, crash_epoch, backup_dir, epochs=EPOCHS):
     with pytest.raises(_Interrupted):
         fit(crashed[0], [backup, *crashed[1], _Crash(crash_epoch)])
     resumed = build()
-    # Another order of the callbacks than the interrupted run: the state must
-    # not depend on whether the backup is restored before or after them.
-    fit(resumed[0], [*resumed[1], keras.callbacks.BackupAndRestore(str(backup_dir))])
+    restore = [keras.callbacks.BackupAndRestore(str(backup_dir))]
+    fit(resumed[0], restore + resumed[1] if backup_first else resumed[1] + restore)
     return whole, crashed, resumed
 
 
@@ -119,7 +121,8 @@ def test_polynomial_prune_to_ratio_resumed_mid_ramp(tmp_path):
         model = compile_for_test(mlp(), keras.optimizers.SGD(0.05, momentum=0.9))
         return model, [ksm.PruneToRatio(sparsity=0.9, schedule="polynomial", frequency=3)]
 
-    whole, crashed, resumed = crash_and_resume(build, _data(), 2, tmp_path / "backup")
+    whole, crashed, resumed = crash_and_resume(build, _data(), 2, tmp_path / "backup",
+                                               backup_first=True)
     prune = crashed[1][0]
     step = int(crashed[0].optimizer.iterations.numpy())
     assert 0 < prune.sparsity_at(step) < 0.9 and step % 3  # mid-ramp, mid-slot
@@ -209,7 +212,8 @@ def test_aofp_resumed_mid_search(tmp_path):
         return model, [ksm.AOFP(0.4, probe_data=probe, thresh=0.05, iters_per_half=3,
                                 measure_every=1, seed=0, thresh_growth=2.0)]
 
-    whole, crashed, resumed = crash_and_resume(build, _images(), 2, tmp_path / "backup")
+    whole, crashed, resumed = crash_and_resume(build, _images(), 2, tmp_path / "backup",
+                                               backup_first=True)
     aofp = crashed[1][0]
     assert aofp.events and any(s.iterations for s in aofp._searches)  # between decisions
     assert whole[1][0].events[-1]["step"] > aofp._step  # more decisions after the crash
