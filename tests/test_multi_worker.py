@@ -7,9 +7,9 @@ Plain `keras.optimizers.SGD` is the control: GSMMomentum must do in Keras's
 way). On Keras 3.15 / TF 2.21 both fail in `Trainer._maybe_symbolic_build`,
 whose `strategy.reduce("MEAN", ...)` of the first batch raises `ValueError:
 Attempt to convert a value (PerReplica...)` (keras-team/keras#20585,
-tensorflow/tensorflow#72388); building the model, optimizer and metrics
-before `fit` does not avoid it (the reduce comes before the build check, and
-the job builds them). A custom training loop (`strategy.run` and
+tensorflow/tensorflow#72388). Building the model and the optimizer before
+`fit`, as the job does, does not avoid it: `_maybe_symbolic_build` reduces
+the batch before it looks at what is unbuilt. A custom training loop (`strategy.run` and
 `optimizer.apply_gradients`, TensorFlow's documented pattern) is not
 affected: there GSMMomentum's weights are identical on both workers and hold
 exactly `ceil(N / C)` nonzeros.
