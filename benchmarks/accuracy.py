@@ -133,11 +133,15 @@ def run_keras_job(job, data_arrays, train=None):
         return {**diverged, "seconds": seconds}
     layers = models.layer_densities(model)
     size, nonzeros = sum(r[1] for r in layers), sum(r[2] for r in layers)
+    # GSMMomentum's final cut: share of the prunable squared L2 norm it zeroed
+    # (read before `_evaluate` recompiles the model with another optimizer).
+    cut = getattr(model.optimizer, "final_cut_removed", None)
     return {
         "test_acc": _evaluate(model, *data_arrays[2:]),
         "sparsity": 1.0 - nonzeros / size,
         "layers": layers,
         "seconds": seconds,
+        **({"final_cut_removed": cut} if cut is not None else {}),
     }
 
 
@@ -241,11 +245,27 @@ def summarize(records):
             if any(not r.get("diverged") for r in rs) else float("nan"),
             diverged=sum(bool(r.get("diverged")) for r in rs),
             seconds=float(np.mean([r["seconds"] for r in rs])),
+            cut=[r["final_cut_removed"] for r in rs if "final_cut_removed" in r],
         ))
     order = {m: i for i, m in enumerate(METHODS)}
     rows.sort(key=lambda r: (list(models.BUILDERS).index(r["model"]), r["compression"],
                              order[r["method"]]))
     return rows
+
+
+def _threshold():
+    from keras_sparse_momentum.optimizers.gsm import DESTRUCTIVE_CUT
+
+    return DESTRUCTIVE_CUT
+
+
+def _cut(shares):
+    """GSMMomentum's final cut: share of the prunable squared L2 norm it zeroed, [min, max] %."""
+    if not shares:
+        return ""
+    low, high = (f"{x:.2g}" if x >= 0.01 else "<0.01" for x in (100 * min(shares),
+                                                                 100 * max(shares)))
+    return low if low == high else f"{low}-{high}"
 
 
 def _when_measured(records):
@@ -273,12 +293,15 @@ def render(results, out):
         "n seeds [min, max]; a diverged run counts at 10 % (chance) and is named in the "
         "'diverged' column. "
         "'vs dense' is the difference from dense training of the same model and budget. "
+        "'GSM final cut' is the share of the prunable weights' squared L2 norm that "
+        "GSMMomentum's final cut zeroed ([min, max] over seeds; it warns above "
+        f"{100 * _threshold():g} %). "
         "A row that loses (more than 0.3 points below the best pruned method at that "
         "compression) keeps its place with a reason.",
         "",
         "| model | compression | method | epochs | n | diverged | test acc % | [min, max] "
-        "| sparsity % | vs dense | train s | why it loses |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sparsity % | vs dense | train s | GSM final cut % | why it loses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         dense = next((d for d in rows if d["model"] == r["model"] and d["method"] == "dense"
@@ -294,7 +317,8 @@ def render(results, out):
             f"| {models.TITLES[r['model']]} | {r['compression']}x | {LABELS[r['method']]} "
             f"| {budget} | {r['n']} | {r.get('diverged', 0)} | {r['mean']:.2f} ± {r['std']:.2f} "
             f"| [{r['lo']:.2f}, {r['hi']:.2f}] | {r['sparsity']:.2f} | {vs} "
-            f"| {r['seconds']:.0f} | {REASONS.get(r['method'], '') if loses else ''} |"
+            f"| {r['seconds']:.0f} | {_cut(r['cut'])} "
+            f"| {REASONS.get(r['method'], '') if loses else ''} |"
         )
     lines += ["", _when_measured(results["records"])]
     for note in results.get("notes", []):

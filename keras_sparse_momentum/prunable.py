@@ -120,10 +120,16 @@ def global_magnitude_masks(arrays, keep):
 def apply_global_magnitude_cut(variables, keep):
     """Zero all but the `keep` largest-magnitude entries of `variables`, in place.
 
-    Returns the number of nonzero entries left.
+    Returns the share of the variables' squared L2 norm (sum of w**2 over all
+    of them, in float64) that the cut zeroed: 0.0 when it removed only zeros,
+    1.0 when nothing nonzero was kept (or everything was already zero: 0.0).
     """
     values = [keras.ops.convert_to_numpy(v) for v in variables]
     masks = global_magnitude_masks(values, keep)
+    total = removed = 0.0
     for variable, value, mask in zip(variables, values, masks):
+        squares = np.square(value, dtype=np.float64)
+        total += float(squares.sum())
+        removed += float(squares[~mask].sum())
         variable.assign(np.where(mask, value, 0).astype(value.dtype))
-    return int(sum(m.sum() for m in masks))
+    return removed / total if total > 0 else 0.0
