@@ -1,6 +1,7 @@
 """CentripetalSGD: the update against numpy, geometric convergence, finalize, XLA, config."""
 
 import json
+import math
 import re
 import warnings
 
@@ -214,5 +215,9 @@ def test_plan_and_learning_rate_only_warn_with_a_strength_that_converges():
     found = re.search(r"For this budget \(120 steps\) use centripetal_strength=([\d.e-]+) "
                       r"instead of 0\.003", messages[0])
     assert found, messages[0]
+    # Differences shrink by lr * eps / (1 - momentum) per step: the extra strength takes
+    # the distance reached down to 0.01 over 120 steps at lr 0.05, momentum 0.9.
+    needed = 0.003 + math.log(opt.last_cluster_distance / 0.01) / (120 * 0.05 / (1 - 0.9))
+    assert found.group(1) == f"{needed:.2g}"
     opt, messages = _fit_plan_and_learning_rate_only(centripetal_strength=float(found.group(1)))
     assert opt.last_cluster_distance < 0.05 and messages == []
