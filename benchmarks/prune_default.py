@@ -81,9 +81,8 @@ def fine_tune(optimizer, schedule, weights, arrays, job):
               callbacks=callbacks)
     seconds = time.perf_counter() - start
     accuracy = float(model.evaluate(*arrays[2:], verbose=0, return_dict=True)["accuracy"])
-    kernels = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables
-               if v.name == "kernel"]
-    sparsity = 1.0 - sum(int(np.count_nonzero(k)) for k in kernels) / sum(k.size for k in kernels)
+    layers = models.layer_densities(model)
+    sparsity = 1.0 - sum(r[2] for r in layers) / sum(r[1] for r in layers)
     record = {**job, "optimizer": optimizer, "schedule": schedule or "default",
               "resolved": callbacks[0]._active if callbacks else "dense",
               "accuracy": accuracy, "sparsity": sparsity, "seconds": seconds}
