@@ -61,11 +61,10 @@ class ExportResult:
         runtime: the runtime that verified the file: LiteRT's default one,
             "ai_edge_litert (XNNPACK)" (or "tf.lite (XNNPACK)" without
             ai-edge-litert), or None when `verify=False`.
-        latency_ms: median milliseconds per `invoke()` of the file on one
-            input sample, one thread, default runtime (None when
-            `measure=False`). A quick figure for orientation: the fastest of
-            9 rounds, interleaved with the dense file's; `benchmarks/` times
-            properly.
+        latency_ms: milliseconds per `invoke()` of the file on one input
+            sample, one thread, default runtime (None when `measure=False`).
+            A quick figure for orientation: the fastest of 9 short rounds,
+            interleaved with the dense file's; `benchmarks/` times properly.
         dense_size_bytes, dense_latency_ms: the same for the dense float32
             file of the same model (`sparse=False, quantize=None`, converted
             in memory, not written); equal to this file's figures when this
@@ -151,9 +150,9 @@ def export_tflite(
     With `measure=True` the result also gives this file's one-thread latency
     on the default runtime and the dense float32 file's size and latency
     (that file is converted in memory from the same SavedModel, not written,
-    unless it is the one asked for). Timing is short (a few tens of ms:
-    interleaved rounds, median); `measure=False` skips it and the extra
-    conversion.
+    unless it is the one asked for). Timing is short (about 0.1 s per file:
+    interleaved rounds, the fastest kept); `measure=False` skips it and the
+    extra conversion.
 
     Args:
         model: a built Keras model (a subclassed model must have been called once).
