@@ -133,15 +133,16 @@ def run_keras_job(job, data_arrays, train=None):
         return {**diverged, "seconds": seconds}
     layers = models.layer_densities(model)
     size, nonzeros = sum(r[1] for r in layers), sum(r[2] for r in layers)
-    # GSMMomentum's final cut: share of the prunable squared L2 norm it zeroed
-    # (read before `_evaluate` recompiles the model with another optimizer).
-    cut = getattr(model.optimizer, "final_cut_removed", None)
+    # GSMMomentum's final cut: what it zeroed relative to what it kept (read
+    # before `_evaluate` recompiles the model with another optimizer).
+    cut = getattr(model.optimizer, "final_cut", None)
     return {
         "test_acc": _evaluate(model, *data_arrays[2:]),
         "sparsity": 1.0 - nonzeros / size,
         "layers": layers,
         "seconds": seconds,
-        **({"final_cut_removed": cut} if cut is not None else {}),
+        **({"final_cut_scale": cut.scale, "final_cut_norm_share": cut.norm_share}
+           if cut is not None else {}),
     }
 
 
@@ -245,7 +246,7 @@ def summarize(records):
             if any(not r.get("diverged") for r in rs) else float("nan"),
             diverged=sum(bool(r.get("diverged")) for r in rs),
             seconds=float(np.mean([r["seconds"] for r in rs])),
-            cut=[r["final_cut_removed"] for r in rs if "final_cut_removed" in r],
+            cut=[r["final_cut_scale"] for r in rs if "final_cut_scale" in r],
         ))
     order = {m: i for i, m in enumerate(METHODS)}
     rows.sort(key=lambda r: (list(models.BUILDERS).index(r["model"]), r["compression"],
@@ -259,12 +260,11 @@ def _threshold():
     return DESTRUCTIVE_CUT
 
 
-def _cut(shares):
-    """GSMMomentum's final cut: share of the prunable squared L2 norm it zeroed, [min, max] %."""
-    if not shares:
+def _cut(scales):
+    """GSMMomentum's final cut: median zeroed / median kept magnitude, [min, max] over seeds."""
+    if not scales:
         return ""
-    low, high = (f"{x:.2g}" if x >= 0.01 else "<0.01" for x in (100 * min(shares),
-                                                                 100 * max(shares)))
+    low, high = (f"{x:.2g}" if x >= 1e-6 else "<1e-6" for x in (min(scales), max(scales)))
     return low if low == high else f"{low}-{high}"
 
 
@@ -293,14 +293,14 @@ def render(results, out):
         "n seeds [min, max]; a diverged run counts at 10 % (chance) and is named in the "
         "'diverged' column. "
         "'vs dense' is the difference from dense training of the same model and budget. "
-        "'GSM final cut' is the share of the prunable weights' squared L2 norm that "
-        "GSMMomentum's final cut zeroed ([min, max] over seeds; it warns above "
-        f"{100 * _threshold():g} %). "
+        "'GSM final cut' is the median size of the weights GSMMomentum's final cut "
+        "zeroed over that of the weights it kept ([min, max] over seeds; it warns above "
+        f"{_threshold():g}). "
         "A row that loses (more than 0.3 points below the best pruned method at that "
         "compression) keeps its place with a reason.",
         "",
         "| model | compression | method | epochs | n | diverged | test acc % | [min, max] "
-        "| sparsity % | vs dense | train s | GSM final cut % | why it loses |",
+        "| sparsity % | vs dense | train s | GSM final cut | why it loses |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
