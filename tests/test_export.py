@@ -200,7 +200,7 @@ def test_subclassed_model_exports_and_matches(tmp_path):
     with pytest.raises(ValueError, match="not built"):
         ksm.export_tflite(model, tmp_path / "m.tflite")
     model(np.zeros((1, 6), "float32"))
-    result = ksm.export_tflite(model, tmp_path / "m.tflite")
+    result = ksm.export_tflite(model, tmp_path / "m.tflite", measure=False)
     assert result.max_abs_error <= 1e-5
     x = np.random.default_rng(0).standard_normal((5, 6)).astype("float32")
     doubled, scores = tflite_predict(result.path, x)
@@ -213,7 +213,7 @@ def test_multi_input_functional_model_maps_inputs_and_outputs_by_name(tmp_path):
     joined = keras.layers.Concatenate()([a, b])
     model = keras.Model([a, b], [keras.layers.Dense(2)(joined), keras.layers.Dense(5)(joined)])
     x = [np.ones((3, 4), "float32"), np.full((3, 3), -1.0, "float32")]
-    result = ksm.export_tflite(model, tmp_path / "m.tflite", sample_inputs=x)
+    result = ksm.export_tflite(model, tmp_path / "m.tflite", sample_inputs=x, measure=False)
     assert result.max_abs_error <= 1e-5
     first, second = tflite_predict(result.path, x)
     assert first.shape == (3, 2) and second.shape == (3, 5)
@@ -229,7 +229,7 @@ def test_stripped_model_exports(tmp_path):
     slim = ksm.strip(model)
     assert slim.get_layer("hidden").units == 8
     x = np.random.default_rng(0).standard_normal((8, 16)).astype("float32")
-    result = ksm.export_tflite(slim, tmp_path / "slim.tflite", sample_inputs=x)
+    result = ksm.export_tflite(slim, tmp_path / "slim.tflite", sample_inputs=x, measure=False)
     assert result.max_abs_error <= 1e-5
     np.testing.assert_allclose(tflite_predict(result.path, x), model(x), atol=1e-5)
 
@@ -259,9 +259,11 @@ def test_nan_from_sparse_float16_is_caught(tmp_path):
     model.layers[0].kernel.assign(kernel)
     x = np.random.default_rng(1).random((16, 64)).astype("float32")
     with pytest.raises(RuntimeError, match="nothing was written.*sparse=False"):
-        ksm.export_tflite(model, tmp_path / "f16.tflite", quantize="float16", sample_inputs=x)
+        ksm.export_tflite(model, tmp_path / "f16.tflite", quantize="float16", sample_inputs=x,
+                          measure=False)
     assert not (tmp_path / "f16.tflite").exists()
     dense = ksm.export_tflite(
-        model, tmp_path / "f16.tflite", quantize="float16", sparse=False, sample_inputs=x
+        model, tmp_path / "f16.tflite", quantize="float16", sparse=False, sample_inputs=x,
+        measure=False,
     )
     assert dense.max_abs_error < 1e-2
