@@ -133,11 +133,16 @@ def run_keras_job(job, data_arrays, train=None):
         return {**diverged, "seconds": seconds}
     layers = models.layer_densities(model)
     size, nonzeros = sum(r[1] for r in layers), sum(r[2] for r in layers)
+    # GSMMomentum's final cut: what it zeroed relative to what it kept (read
+    # before `_evaluate` recompiles the model with another optimizer).
+    cut = getattr(model.optimizer, "final_cut", None)
     return {
         "test_acc": _evaluate(model, *data_arrays[2:]),
         "sparsity": 1.0 - nonzeros / size,
         "layers": layers,
         "seconds": seconds,
+        **({"final_cut_scale": cut.scale, "final_cut_norm_share": cut.norm_share}
+           if cut is not None else {}),
     }
 
 
@@ -241,11 +246,26 @@ def summarize(records):
             if any(not r.get("diverged") for r in rs) else float("nan"),
             diverged=sum(bool(r.get("diverged")) for r in rs),
             seconds=float(np.mean([r["seconds"] for r in rs])),
+            cut=[r["final_cut_scale"] for r in rs if "final_cut_scale" in r],
         ))
     order = {m: i for i, m in enumerate(METHODS)}
     rows.sort(key=lambda r: (list(models.BUILDERS).index(r["model"]), r["compression"],
                              order[r["method"]]))
     return rows
+
+
+def _threshold():
+    from keras_sparse_momentum.optimizers.gsm import DESTRUCTIVE_CUT
+
+    return DESTRUCTIVE_CUT
+
+
+def _cut(scales):
+    """GSMMomentum's final cut: median zeroed / median kept magnitude, [min, max] over seeds."""
+    if not scales:
+        return ""
+    low, high = (f"{x:.2g}" if x >= 1e-6 else "<1e-6" for x in (min(scales), max(scales)))
+    return low if low == high else f"{low}-{high}"
 
 
 def _when_measured(records):
@@ -273,12 +293,15 @@ def render(results, out):
         "n seeds [min, max]; a diverged run counts at 10 % (chance) and is named in the "
         "'diverged' column. "
         "'vs dense' is the difference from dense training of the same model and budget. "
+        "'GSM final cut' is the median size of the weights GSMMomentum's final cut "
+        "zeroed over that of the weights it kept ([min, max] over seeds; it warns above "
+        f"{_threshold():g}). "
         "A row that loses (more than 0.3 points below the best pruned method at that "
         "compression) keeps its place with a reason.",
         "",
         "| model | compression | method | epochs | n | diverged | test acc % | [min, max] "
-        "| sparsity % | vs dense | train s | why it loses |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sparsity % | vs dense | train s | GSM final cut | why it loses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         dense = next((d for d in rows if d["model"] == r["model"] and d["method"] == "dense"
@@ -294,7 +317,8 @@ def render(results, out):
             f"| {models.TITLES[r['model']]} | {r['compression']}x | {LABELS[r['method']]} "
             f"| {budget} | {r['n']} | {r.get('diverged', 0)} | {r['mean']:.2f} ± {r['std']:.2f} "
             f"| [{r['lo']:.2f}, {r['hi']:.2f}] | {r['sparsity']:.2f} | {vs} "
-            f"| {r['seconds']:.0f} | {REASONS.get(r['method'], '') if loses else ''} |"
+            f"| {r['seconds']:.0f} | {_cut(r['cut'])} "
+            f"| {REASONS.get(r['method'], '') if loses else ''} |"
         )
     lines += ["", _when_measured(results["records"])]
     for note in results.get("notes", []):

@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse_momentum as ksm  # noqa: E402
-from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
+from keras_sparse_momentum.datasets import load_mnist_sample  # noqa: E402
 from keras_sparse_momentum.surgery.strip import max_relative_error  # noqa: E402
 from benchmarks.tflite_timing import tflite_bytes, tflite_latency  # noqa: E402
 
@@ -65,7 +65,7 @@ def _csgd_keep_ratio(flops_kept, dense_macs):
 
 
 def _mnist(train):
-    (x, y), (xt, yt) = load_mnist10k()  # --data / KSM_DATA / shared/data
+    (x, y), (xt, yt) = load_mnist_sample()  # shipped sample, or $KSM_DATA
     return x[:train, ..., None], y[:train], xt[..., None], yt
 
 

@@ -50,7 +50,7 @@ import tensorflow as tf  # noqa: E402
 tf.get_logger().setLevel("ERROR")
 
 import keras_sparse_momentum as ksm  # noqa: E402
-from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
+from keras_sparse_momentum.datasets import load_mnist_sample  # noqa: E402
 from keras_sparse_momentum.surgery.strip import max_relative_error  # noqa: E402
 
 try:
@@ -88,7 +88,7 @@ AOFP_SETTINGS = dict(thresh=0.01, thresh_growth=2.0, iters_per_half=6, measure_e
 
 
 def load_data(train, test):
-    (x_train, y_train), (x_test, y_test) = load_mnist10k()  # --data / KSM_DATA / shared/data
+    (x_train, y_train), (x_test, y_test) = load_mnist_sample()  # shipped sample, or $KSM_DATA
     return x_train[:train, ..., None], y_train[:train], x_test[:test, ..., None], y_test[:test]
 
 

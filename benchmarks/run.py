@@ -20,7 +20,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-SECTIONS = ("accuracy", "layers", "sweep", "cost", "structured", "prox_nag_lenet5")
+SECTIONS = ("accuracy", "layers", "sweep", "cost", "structured", "prox_nag_lenet5",
+            "prune_default")
 HERE = Path(__file__).resolve().parent
 
 

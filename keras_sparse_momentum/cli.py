@@ -20,9 +20,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DESCRIPTION = """\
 keras-sparse-momentum: prune Keras 3 models while they train, then ship them.
 
-  ksm demo                       the whole journey offline on an MNIST sample:
-                                 train LeNet-300-100 with Global Sparse Momentum,
-                                 strip, report, export a sparse TFLite file, verify
+  ksm demo                       the whole journey offline on the shipped MNIST
+                                 sample: train LeNet-300-100 with Global Sparse
+                                 Momentum, strip, report, export TFLite files
+                                 and run them on LiteRT's default runtime
   ksm report MODEL.keras         per-layer sparsity, compression and MACs
   ksm export MODEL.keras OUT.tflite [--quantize MODE] [--no-sparse]
 
@@ -35,17 +36,20 @@ callbacks (PruneToRatio, AOFP), strip, sparsity_report and export_tflite."""
 
 DEMO_HELP = """\
 Train LeNet-300-100 (784-300-100-10, 266,610 weights) on the 8,000-image MNIST
-sample with ksm.GSMMomentum.for_budget: at each step only the top weights,
-chosen globally over all layers (all of them for the first tenth of training,
+sample with ksm.GSMMomentum.for_budget(steps, compression=C, learning_rate=0.2,
+momentum=0.9, nesterov=True): at each step only the top weights, chosen
+globally over all layers (all of them for the first tenth of training,
 ceil(N / C) of them once the ramp ends half-way), get gradient updates, so
 each layer's sparsity is found automatically; the rest decay to zero and one
 exact cut at the end leaves the model C times sparser. Then strip dead units,
-print the sparsity report, export a sparse TFLite file, run it with the LiteRT
-interpreter and compare sizes and test accuracy. About a minute on two CPU
-cores with the defaults; --quick (to check an install) takes about 20 seconds.
+print the sparsity report, export TFLite files (dense float32, sparse float32,
+dense int8), run each on LiteRT's default runtime (XNNPACK, as apps load
+them) and compare sizes, one-thread latency and test accuracy. About a minute
+on two CPU cores with the defaults; --quick (to check an install) takes about
+20 seconds.
 
-The data (mnist10k.npz) is looked for at --data, $KSM_DATA, then
-shared/data/mnist10k.npz in this folder, its parents and next to the package."""
+The data is the MNIST sample shipped inside the package
+(ksm.datasets.load_mnist_sample); --data or $KSM_DATA use another file."""
 
 
 class CommandError(Exception):
@@ -72,16 +76,19 @@ def build_parser():
     )
     demo.add_argument(
         "--epochs", type=_positive_int, default=None, metavar="N",
-        help="training epochs of 125 steps (default 40, or 2 with --quick)",
+        help="training epochs of 125 steps (default 40, or 5 of 32 steps with --quick)",
     )
-    demo.add_argument("--data", metavar="PATH", help="mnist10k.npz (file or folder)")
+    demo.add_argument(
+        "--data", metavar="PATH",
+        help="another mnist10k.npz (file or folder; default: the shipped sample)",
+    )
     demo.add_argument(
         "--out", metavar="DIR", default="ksm_demo_out",
         help="where model.keras and the .tflite files go (default ./ksm_demo_out)",
     )
     demo.add_argument(
         "--quick", action="store_true",
-        help="a smoke run: 2,000 training images, 2 epochs, about 20 seconds",
+        help="a smoke run: 2,000 training images, 5 epochs, about 20 seconds",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(handler=_demo)
@@ -101,10 +108,13 @@ def build_parser():
         formatter_class=formatter,
         description="Convert with TensorFlow's TFLite converter, storing mostly-zero\n"
         "weights sparse (only nonzeros and their indices), optionally quantised,\n"
-        "then run the file with the LiteRT interpreter and compare it with Keras.\n\n"
+        "then run the file on LiteRT's default runtime (XNNPACK, what apps get from\n"
+        "Interpreter(model_path=...)), compare it with Keras and time it against\n"
+        "the dense float32 file.\n\n"
         "quantize modes: dynamic = int8 weights, float compute (no data needed);\n"
         "float16 = half-precision weights; int8 = int8 weights and activations,\n"
-        "calibrated on --representative samples.",
+        "calibrated on --representative samples. XNNPACK cannot run sparse\n"
+        "quantised weights, so dynamic and int8 files store their weights dense.",
     )
     export.add_argument("model", metavar="MODEL.keras")
     export.add_argument("output", metavar="OUT.tflite")
@@ -113,8 +123,9 @@ def build_parser():
         help="quantisation mode (default: none, float32)",
     )
     export.add_argument(
-        "--no-sparse", dest="sparse", action="store_false",
-        help="store all weights dense (default: sparse encoding for mostly-zero weights)",
+        "--no-sparse", dest="sparse", action="store_false", default=None,
+        help="store all weights dense (default: sparse encoding for mostly-zero "
+        "weights, except with --quantize dynamic or int8)",
     )
     export.add_argument(
         "--representative", metavar="SAMPLES.npy",
@@ -218,9 +229,19 @@ def _export(args):
             representative = np.load(args.representative)
         except (OSError, ValueError) as error:
             raise CommandError(f"cannot read {args.representative}: {error}") from error
+    from keras_sparse_momentum.export import XNNPACK_REJECTS_SPARSE
+
+    sparse = args.sparse
+    if sparse is None:
+        sparse = args.quantize not in XNNPACK_REJECTS_SPARSE
+        if not sparse:
+            print(
+                f"--quantize {args.quantize}: weights stored dense (LiteRT's default "
+                "runtime cannot run sparse quantised weights)"
+            )
     model = _load_model(args.model)
     result = _export_quietly(
-        model, args.output, sparse=args.sparse, quantize=args.quantize,
+        model, args.output, sparse=sparse, quantize=args.quantize,
         representative_data=representative,
     )
     print(result)
@@ -246,16 +267,16 @@ def _demo(args):
     import keras
 
     import keras_sparse_momentum as ksm
-    from keras_sparse_momentum.data import DataNotFoundError, load_mnist10k
+    from keras_sparse_momentum.datasets import DataNotFoundError, load_mnist_sample
 
     started = time.perf_counter()
-    epochs = args.epochs or (2 if args.quick else 40)
+    epochs = args.epochs or (5 if args.quick else 40)
     out = pathlib.Path(args.out)
     steps_total = 6
 
     _step(1, steps_total, "Loading the MNIST sample")
     try:
-        (x_train, y_train), (x_test, y_test) = load_mnist10k(args.data)
+        (x_train, y_train), (x_test, y_test) = load_mnist_sample(args.data)
     except (DataNotFoundError, ValueError) as error:
         raise CommandError(str(error)) from error
     if args.quick:
@@ -264,15 +285,15 @@ def _demo(args):
 
     batch_size = 64
     steps = epochs * -(-len(x_train) // batch_size)
-    _step(
-        2, steps_total,
-        f"Training LeNet-300-100 with GSMMomentum(compression={args.compression:g}) "
-        f"for {epochs} epochs ({steps:,} steps)",
-    )
     keras.utils.set_random_seed(args.seed)
     model = lenet_300_100()
     optimizer = ksm.GSMMomentum.for_budget(
         steps, compression=args.compression, learning_rate=0.2, momentum=0.9, nesterov=True
+    )
+    _step(
+        2, steps_total,
+        f"Training LeNet-300-100 for {epochs} epochs with\n    "
+        + optimizer.suggested_call(steps),
     )
     model.compile(
         optimizer=optimizer,
@@ -302,37 +323,51 @@ def _demo(args):
     out.mkdir(parents=True, exist_ok=True)
     slim.save(out / "model.keras")
 
-    _step(4, steps_total, "Exporting the stripped model to TFLite, verified with LiteRT")
-    dense = _export_quietly(slim, out / "model_dense.tflite", sparse=False)
-    sparse = _export_quietly(slim, out / "model_sparse.tflite", sparse=True)
-    int8 = _export_quietly(
-        slim, out / "model_sparse_int8.tflite", sparse=True, quantize="int8",
-        representative_data=x_train[:100],
+    _step(
+        4, steps_total,
+        "Exporting the stripped model to TFLite, verified on LiteRT's default runtime",
     )
-    for label, result in (("dense", dense), ("sparse", sparse), ("sparse+int8", int8)):
+    files = {
+        "dense": _export_quietly(slim, out / "model_dense.tflite", sparse=False),
+        "sparse": _export_quietly(slim, out / "model_sparse.tflite", sparse=True),
+        "int8": _export_quietly(
+            slim, out / "model_int8.tflite", sparse=False, quantize="int8",
+            representative_data=x_train[:100],
+        ),
+    }
+    labels = {"dense": "dense float32", "sparse": "sparse float32", "int8": "dense int8"}
+    dense = files["dense"]
+    print(f"{'file':15s} {'bytes':>10s} {'gzipped':>10s} {'us/sample':>10s}  max |TFLite - Keras|")
+    for key, result in files.items():
         print(
-            f"{label:12s} {result.size_bytes:>10,} bytes  {result.gzip_bytes:>10,} gzipped  "
-            f"max |TFLite - Keras| {result.max_abs_error:.1e}"
+            f"{labels[key]:15s} {result.size_bytes:>10,} {result.gzip_bytes:>10,} "
+            f"{1e3 * result.latency_ms:>10.1f}  {result.max_abs_error:.1e}"
         )
+    print(
+        f"(one thread, {dense.runtime}; latency is a quick figure, each file timed "
+        "against the dense one)"
+    )
 
     _step(5, steps_total, "Test accuracy of the TFLite files")
     accuracies = {
-        label: _tflite_accuracy(result.path, x_test, y_test)
-        for label, result in (("sparse", sparse), ("sparse+int8", int8))
+        key: _tflite_accuracy(files[key].path, x_test, y_test) for key in ("sparse", "int8")
     }
-    for label, accuracy in accuracies.items():
-        print(f"{label:12s} {accuracy:.2%}")
+    for key, accuracy in accuracies.items():
+        print(f"{labels[key]:15s} {accuracy:.2%}")
 
     _step(6, steps_total, "Summary")
-    dense_float_bytes = 4 * report.total_parameters
+    sparse, int8 = files["sparse"], files["int8"]
     print(
         f"compression {report.compression:.1f}x over the {report.prunable:,} kernel weights "
         f"({report.nonzeros:,} nonzero); Keras accuracy {keras_accuracy:.2%}, "
-        f"sparse TFLite {accuracies['sparse']:.2%}, sparse+int8 {accuracies['sparse+int8']:.2%}\n"
-        f"float32 weights {dense_float_bytes:,} bytes -> sparse TFLite {sparse.size_bytes:,} "
-        f"({dense_float_bytes / sparse.size_bytes:.1f}x smaller), sparse+int8 "
-        f"{int8.size_bytes:,} ({dense_float_bytes / int8.size_bytes:.1f}x smaller)\n"
-        f"files in {out}/; took {time.perf_counter() - started:.0f} s"
+        f"sparse TFLite {accuracies['sparse']:.2%}, dense int8 {accuracies['int8']:.2%}\n"
+        f"dense float32 file of the stripped model {dense.size_bytes:,} bytes -> sparse "
+        f"float32 {sparse.size_bytes:,} ({dense.size_bytes / sparse.size_bytes:.1f}x smaller, "
+        f"{1e3 * sparse.latency_ms:.1f} us against {1e3 * sparse.dense_latency_ms:.1f} us), "
+        f"dense int8 {int8.size_bytes:,} ({dense.size_bytes / int8.size_bytes:.1f}x smaller, "
+        f"{1e3 * int8.latency_ms:.1f} us against {1e3 * int8.dense_latency_ms:.1f} us)\n"
+        f"files in {out}/ (each runs with a plain Interpreter(model_path=...)); "
+        f"took {time.perf_counter() - started:.0f} s"
     )
     # One line a script can parse.
     print(
@@ -341,10 +376,16 @@ def _demo(args):
                 "compression": round(report.compression, 2),
                 "keras_accuracy": round(float(keras_accuracy), 4),
                 "tflite_accuracy": round(accuracies["sparse"], 4),
-                "int8_accuracy": round(accuracies["sparse+int8"], 4),
+                "int8_accuracy": round(accuracies["int8"], 4),
                 "dense_tflite_bytes": dense.size_bytes,
                 "sparse_tflite_bytes": sparse.size_bytes,
-                "sparse_int8_tflite_bytes": int8.size_bytes,
+                "int8_tflite_bytes": int8.size_bytes,
+                "dense_us": round(1e3 * dense.latency_ms, 2),
+                "sparse_us": round(1e3 * sparse.latency_ms, 2),
+                "sparse_vs_dense_us": round(1e3 * sparse.dense_latency_ms, 2),
+                "int8_us": round(1e3 * int8.latency_ms, 2),
+                "int8_vs_dense_us": round(1e3 * int8.dense_latency_ms, 2),
+                "files": sorted(str(p) for p in out.glob("*.tflite")),
                 "seconds": round(time.perf_counter() - started, 1),
             }
         )

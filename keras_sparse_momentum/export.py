@@ -6,11 +6,22 @@ import math
 import pathlib
 import re
 import tempfile
+import time
 
 import keras
 import numpy as np
 
 QUANTIZE_MODES = (None, "dynamic", "float16", "int8")
+# Quantisations whose *sparse* weights LiteRT's default runtime rejects: XNNPACK
+# fails to prepare FULLY_CONNECTED / CONV_2D nodes reading them (TF 2.21,
+# ai-edge-litert 2.3), so `Interpreter(model_path=...)` cannot run the file.
+XNNPACK_REJECTS_SPARSE = ("dynamic", "int8")
+DEFAULT_RUNTIME = "XNNPACK"
+# Latency: each file is timed in TIMING_ROUNDS interleaved rounds of invokes
+# lasting at least TIMING_BLOCK_S each; the fastest round is reported (the
+# least disturbed by other processes; about 0.1 s per file in all).
+TIMING_ROUNDS = 9
+TIMING_BLOCK_S = 0.005
 REPRESENTATIVE_SAMPLES = 100
 SAMPLE_BATCH = 8
 # Float exports must match Keras to this relative error (float rounding only).
@@ -47,8 +58,17 @@ class ExportResult:
             the interpreter (empty when `sparse=False` or when no tensor was
             sparse enough for the converter to encode it sparse).
         quantize: the quantisation mode used.
-        runtime: which interpreter verified the file, e.g.
-            "ai_edge_litert (XNNPACK)", or None when `verify=False`.
+        runtime: the runtime that verified the file: LiteRT's default one,
+            "ai_edge_litert (XNNPACK)" (or "tf.lite (XNNPACK)" without
+            ai-edge-litert), or None when `verify=False`.
+        latency_ms: milliseconds per `invoke()` of the file on one input
+            sample, one thread, default runtime (None when `measure=False`).
+            A quick figure for orientation: the fastest of 9 short rounds,
+            interleaved with the dense file's; `benchmarks/` times properly.
+        dense_size_bytes, dense_latency_ms: the same for the dense float32
+            file of the same model (`sparse=False, quantize=None`, converted
+            in memory, not written); equal to this file's figures when this
+            file is that one.
     """
 
     path: str
@@ -58,6 +78,9 @@ class ExportResult:
     sparse_tensors: list
     quantize: str | None
     runtime: str | None
+    latency_ms: float | None = None
+    dense_size_bytes: int | None = None
+    dense_latency_ms: float | None = None
 
     def __str__(self):
         error = "not verified" if self.max_abs_error is None else (
@@ -67,10 +90,15 @@ class ExportResult:
             f"{t.name} {'x'.join(map(str, t.shape))} {t.density:.1%} stored"
             for t in self.sparse_tensors
         )
+        speed = "" if self.latency_ms is None else (
+            f"; {1e3 * self.latency_ms:.1f} us per sample (1 thread) against the dense "
+            f"float32 file's {self.dense_size_bytes:,} bytes, {1e3 * self.dense_latency_ms:.1f} us"
+        )
         return (
             f"{self.path}: {self.size_bytes:,} bytes ({self.gzip_bytes:,} gzipped), "
             f"quantize={self.quantize}, {error}; "
             f"{len(self.sparse_tensors)} sparse tensors" + (f": {sparse}" if sparse else "")
+            + speed
         )
 
 
@@ -82,20 +110,25 @@ def export_tflite(
     representative_data=None,
     verify=True,
     sample_inputs=None,
+    measure=True,
 ):
     """Convert a Keras model to TensorFlow Lite, optionally sparse and quantised, and check it.
 
     The model is exported as a SavedModel (`model.export`, so Sequential,
     functional, subclassed and `ksm.strip`-ped models all work), converted with
-    `tf.lite.TFLiteConverter`, written to `path`, then run with the LiteRT
-    interpreter (`ai_edge_litert`; `tf.lite.Interpreter` if it is not
-    installed) and compared with `model(sample_inputs, training=False)`.
+    `tf.lite.TFLiteConverter`, run with LiteRT's *default* runtime (the one an
+    app gets from `Interpreter(model_path=...)`: `ai_edge_litert`, or
+    `tf.lite` if it is not installed, with the XNNPACK delegate on), compared
+    with `model(sample_inputs, training=False)`, and only then written to
+    `path`. There is no fallback to other kernels: a file this function
+    writes after verification runs where apps run it.
 
     With `sparse=True` the converter's `EXPERIMENTAL_SPARSITY` optimisation
     stores constant weights that are mostly zero in a CSR-like encoding (the
     nonzeros, or 1x4 blocks holding them, plus their indices), so a 90 %-sparse
-    LeNet-300-100 gives a file of about a fifth of the dense one. The
-    interpreter decodes the weights itself; outputs are unchanged.
+    LeNet-300-100 gives a file of about a sixth of the dense one. The file
+    holds DENSIFY ops that expand those weights when the interpreter prepares
+    the model: the storage is sparse, the compute dense.
 
     Quantisation (`quantize`):
       - None: float32 weights and compute; outputs match Keras to float rounding.
@@ -103,83 +136,87 @@ def export_tflite(
       - "float16": float16 weights (2x smaller), float compute.
       - "int8": int8 weights and activations calibrated on `representative_data`;
         the file's inputs and outputs stay float32 (quantise/dequantise at the edges).
-    A verified sparse + quantised file may need the interpreter's builtin
-    kernels instead of XNNPACK (which rejects sparse quantised weights);
-    `runtime` in the result says which one ran.
+
+    What the default runtime runs (XNNPACK, measured on Dense and Conv2D
+    models): every dense mode (`sparse=False` with None, "dynamic",
+    "float16", "int8") and sparse float32 and float16; it rejects sparse
+    weights stored quantised ("dynamic", "int8": its FULLY_CONNECTED and
+    CONV_2D nodes fail to prepare). So `sparse=True` with "dynamic" or "int8"
+    is refused up front: for the smallest file that runs use `sparse=True`
+    (float32), for int8 use `sparse=False, quantize="int8"`. Sparse float16
+    runs but the converter's block-sparse float16 weights give NaN at high
+    sparsity (about 98 %); verification catches it and nothing is written.
+
+    With `measure=True` the result also gives this file's one-thread latency
+    on the default runtime and the dense float32 file's size and latency
+    (that file is converted in memory from the same SavedModel, not written,
+    unless it is the one asked for). Timing is short (about 0.1 s per file:
+    interleaved rounds, the fastest kept); `measure=False` skips it and the
+    extra conversion.
 
     Args:
         model: a built Keras model (a subclassed model must have been called once).
         path: where to write the `.tflite` file (folders are created).
         sparse: store mostly-zero weights sparse.
-        quantize: None, "dynamic", "float16" or "int8".
+        quantize: None, "dynamic", "float16" or "int8" ("dynamic" and "int8"
+            need `sparse=False`).
         representative_data: for "int8" (required): an array of input samples
             (the first axis is the sample axis; up to 100 are used), a list of
             such arrays for a multi-input model, or a callable returning an
             iterable of input lists as `TFLiteConverter.representative_dataset`
             expects.
-        verify: run the file and measure `max_abs_error`.
+        verify: run the file and measure `max_abs_error` before writing it.
         sample_inputs: inputs for the check (array, list in model input order,
             or dict by input name). Default: the first 32 representative
             samples if given, else 8 standard-normal samples per input.
+        measure: time the file and the dense float32 file (see above).
 
     Returns:
         An `ExportResult` (`.path`, `.size_bytes`, `.gzip_bytes`,
-        `.max_abs_error`, `.sparse_tensors`, ...).
+        `.max_abs_error`, `.runtime`, `.sparse_tensors`, `.latency_ms`,
+        `.dense_size_bytes`, `.dense_latency_ms`, ...).
 
     Raises:
-        ValueError: bad `quantize`, "int8" without `representative_data`, an
-            unbuilt model, or layers whose operations TFLite's builtin ops
-            cannot run (the message names the operations).
-        RuntimeError: if the file outputs NaN/Inf where Keras does not (seen
-            with sparse float16 at high sparsity, a TFLite bug), or if a float
+        ValueError: bad `quantize`, "int8" without `representative_data`,
+            `sparse=True` with "dynamic" or "int8" (the message names what
+            runs instead), an unbuilt model, or layers whose operations
+            TFLite's builtin ops cannot run (the message names the operations).
+        RuntimeError: (nothing written) if the default runtime cannot run the
+            file, if the file outputs NaN/Inf where Keras does not (seen with
+            sparse float16 at high sparsity, a TFLite bug), or if a float
             (unquantised) export does not reproduce the model to a relative
             error of 1e-4 (a converter bug).
     """
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(
-            f"export_tflite: `quantize` must be one of {QUANTIZE_MODES}. "
-            f"Received: quantize={quantize!r}"
-        )
-    if quantize == "int8" and representative_data is None:
-        raise ValueError(
-            'export_tflite: quantize="int8" calibrates activation ranges and needs '
-            "`representative_data` (e.g. 100 training inputs). Use "
-            'quantize="dynamic" to quantise the weights only, without data.'
-        )
+    _check_arguments(sparse, quantize, representative_data)
     if not model.built:
         raise ValueError(
             f"export_tflite: model '{model.name}' is not built. Call it once on a "
             "batch (or build it) before exporting."
         )
-    flatbuffer = _convert(model, sparse, quantize, representative_data)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(flatbuffer)
+    as_dense = measure and (sparse or quantize is not None)
+    flatbuffer, dense_flatbuffer = _convert(
+        model, sparse, quantize, representative_data, also_dense=as_dense
+    )
     interpreter, runtime = _interpreter(flatbuffer)
     sparse_tensors = _sparse_tensors(interpreter)
     max_abs_error = None
     if verify:
         if sample_inputs is None:
             sample_inputs = _default_samples(interpreter, representative_data)
-        interpreter, runtime, max_abs_error, scale = _compare(
-            model, flatbuffer, interpreter, runtime, sample_inputs
-        )
-        if not math.isfinite(max_abs_error) and math.isfinite(scale):
-            hint = (
-                " TFLite's block-sparse float16 weights are known to give NaN at high "
-                'sparsity: use sparse=False with quantize="float16", or quantize="dynamic".'
-                if sparse and quantize == "float16" else ""
-            )
-            raise RuntimeError(
-                f"export_tflite: the TFLite file of '{model.name}' outputs NaN or Inf "
-                f"where Keras does not (the file was written to inspect).{hint}"
-            )
-        if quantize is None and max_abs_error > FLOAT_TOLERANCE * max(1.0, scale):
-            raise RuntimeError(
-                f"export_tflite: the TFLite file differs from '{model.name}' by "
-                f"{max_abs_error:.2e} (outputs up to {scale:.2e}). This is a converter "
-                "bug; the file was written to inspect. Pass verify=False to skip."
-            )
+        max_abs_error, scale = _compare(model, interpreter, sample_inputs)
+        _check_error(model, sparse, quantize, max_abs_error, scale)
+    timing = {}
+    if measure:
+        if dense_flatbuffer is None:  # this file is the dense float32 one
+            dense_flatbuffer = flatbuffer
+            latency = dense_latency = _latency_ms([flatbuffer])[0]
+        else:
+            latency, dense_latency = _latency_ms([flatbuffer, dense_flatbuffer])
+        timing = dict(latency_ms=latency, dense_size_bytes=len(dense_flatbuffer),
+                      dense_latency_ms=dense_latency)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(flatbuffer)
     return ExportResult(
         path=str(path),
         size_bytes=len(flatbuffer),
@@ -188,30 +225,83 @@ def export_tflite(
         sparse_tensors=sparse_tensors,
         quantize=quantize,
         runtime=runtime if verify else None,
+        **timing,
     )
 
 
-def _convert(model, sparse, quantize, representative_data):
-    import tensorflow as tf
+def _check_arguments(sparse, quantize, representative_data):
+    """ValueError, before any work, for a mode that is unknown, incomplete or would not run."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"export_tflite: `quantize` must be one of {QUANTIZE_MODES}. "
+            f"Received: quantize={quantize!r}"
+        )
+    if sparse and quantize in XNNPACK_REJECTS_SPARSE:
+        raise ValueError(
+            f'export_tflite: sparse=True with quantize="{quantize}" writes sparse '
+            f"quantised weights, which LiteRT's default runtime ({DEFAULT_RUNTIME}, what "
+            "`Interpreter(model_path=...)` uses) cannot run. What runs: sparse=True "
+            "with quantize=None (sparse float32, the smallest such file) or "
+            f'sparse=False with quantize="{quantize}" (dense {quantize}).'
+        )
+    if quantize == "int8" and representative_data is None:
+        raise ValueError(
+            'export_tflite: quantize="int8" calibrates activation ranges and needs '
+            "`representative_data` (e.g. 100 training inputs). Use "
+            'quantize="dynamic" to quantise the weights only, without data.'
+        )
 
+
+def _check_error(model, sparse, quantize, max_abs_error, scale):
+    """RuntimeError (nothing written) for non-finite outputs or an inexact float file."""
+    if not math.isfinite(max_abs_error) and math.isfinite(scale):
+        hint = (
+            " TFLite's block-sparse float16 weights are known to give NaN at high "
+            'sparsity: use sparse=False with quantize="float16", or sparse float32.'
+            if sparse and quantize == "float16" else ""
+        )
+        raise RuntimeError(
+            f"export_tflite: the TFLite file of '{model.name}' outputs NaN or Inf "
+            f"where Keras does not; nothing was written (verify=False writes it).{hint}"
+        )
+    if quantize is None and max_abs_error > FLOAT_TOLERANCE * max(1.0, scale):
+        raise RuntimeError(
+            f"export_tflite: the TFLite file differs from '{model.name}' by "
+            f"{max_abs_error:.2e} (outputs up to {scale:.2e}). This is a converter "
+            "bug; nothing was written (verify=False writes it)."
+        )
+
+
+def _convert(model, sparse, quantize, representative_data, also_dense=False):
+    """The flatbuffer asked for, and (if `also_dense`) the dense float32 one, or None."""
     with tempfile.TemporaryDirectory(prefix="ksm_export_") as saved_model:
         model.export(saved_model, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        optimizations = []
-        if quantize is not None:
-            optimizations.append(tf.lite.Optimize.DEFAULT)
-        if sparse:
-            optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
-        converter.optimizations = optimizations
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantize == "int8":
-            converter.representative_dataset = _representative_dataset(representative_data)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        try:
-            return converter.convert()
-        except Exception as error:  # the converter raises its own ConverterError
-            raise _conversion_error(model, error) from error
+        flatbuffer = _convert_saved_model(
+            model, saved_model, sparse, quantize, representative_data
+        )
+        dense = _convert_saved_model(model, saved_model, False, None, None) if also_dense else None
+    return flatbuffer, dense
+
+
+def _convert_saved_model(model, saved_model, sparse, quantize, representative_data):
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    optimizations = []
+    if quantize is not None:
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        converter.representative_dataset = _representative_dataset(representative_data)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter raises its own ConverterError
+        raise _conversion_error(model, error) from error
 
 
 def _conversion_error(model, error):
@@ -251,8 +341,13 @@ def _representative_dataset(data):
     return samples
 
 
-def _interpreter(flatbuffer, delegates=True):
-    """A LiteRT interpreter for the file (tf.lite's only if ai_edge_litert is absent)."""
+def _interpreter(flatbuffer, xnnpack=True, **kwargs):
+    """A LiteRT interpreter for the file and its runtime's name.
+
+    `xnnpack=True` is LiteRT's default runtime, what `Interpreter(model_path=...)`
+    gives an app; False runs the builtin kernels without the default delegate.
+    `ai_edge_litert` is used, `tf.lite` only if it is not installed.
+    """
     try:
         from ai_edge_litert import interpreter as litert
 
@@ -261,11 +356,50 @@ def _interpreter(flatbuffer, delegates=True):
         import tensorflow as tf
 
         litert, name, resolvers = tf.lite, "tf.lite", tf.lite.experimental.OpResolverType
-    kwargs = {}
-    if not delegates:
+    if not xnnpack:
         kwargs["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     interpreter = litert.Interpreter(model_content=flatbuffer, **kwargs)
-    return interpreter, f"{name} ({'XNNPACK' if delegates else 'builtin kernels'})"
+    return interpreter, f"{name} ({DEFAULT_RUNTIME if xnnpack else 'builtin kernels'})"
+
+
+def _latency_ms(flatbuffers):
+    """Ms per invoke of each file on one sample, one thread, default runtime.
+
+    The files are timed in interleaved rounds (alternating order) so that all
+    see the same machine load; each round repeats `invoke()` for at least
+    TIMING_BLOCK_S; a file's figure is its fastest round.
+    """
+    rng = np.random.default_rng(0)
+    interpreters = []
+    for flatbuffer in flatbuffers:
+        interpreter, _ = _interpreter(flatbuffer, num_threads=1)
+        for detail in interpreter.get_input_details():
+            shape = [1, *detail["shape"][1:]]
+            interpreter.resize_tensor_input(detail["index"], shape)
+        interpreter.allocate_tensors()
+        for detail in interpreter.get_input_details():
+            shape, dtype = detail["shape"], detail["dtype"]
+            value = (np.zeros(shape, dtype) if np.issubdtype(dtype, np.integer)
+                     else rng.standard_normal(shape).astype(dtype))
+            interpreter.set_tensor(detail["index"], value)
+        interpreter.invoke()  # warm-up, and a clear error if it cannot run
+        interpreters.append(interpreter)
+    repeats = []
+    for interpreter in interpreters:
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < TIMING_BLOCK_S:
+            interpreter.invoke()
+            count += 1
+        repeats.append(count)
+    times = [[] for _ in interpreters]
+    for round_ in range(TIMING_ROUNDS):
+        order = list(range(len(interpreters)))
+        for i in order if round_ % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            for _ in range(repeats[i]):
+                interpreters[i].invoke()
+            times[i].append((time.perf_counter() - start) / repeats[i] * 1e3)
+    return [min(t) for t in times]
 
 
 def _sparse_tensors(interpreter):
@@ -346,44 +480,59 @@ def _feed(model, runner, inputs):
     return {k: np.asarray(v, dtype=details[k]["dtype"]) for k, v in feed.items()}
 
 
-def tflite_predict(path, inputs):
+def tflite_predict(path, inputs, xnnpack=True):
     """Run a `.tflite` file on `inputs` with LiteRT, like `model.predict`.
 
     Args:
         path: the file.
         inputs: an array, a list of arrays in model input order, or a dict by
             input name (float32 for float inputs).
+        xnnpack: True (default) runs LiteRT's default runtime, as an app's
+            `Interpreter(model_path=...)` does; False runs the builtin kernels
+            without the XNNPACK delegate (for files from other tools that the
+            default runtime rejects, such as sparse quantised ones).
 
     Returns:
         The output array, or a list of arrays in Keras output order.
+
+    Raises:
+        RuntimeError: the runtime cannot run the file (the message says so and
+            how to run it anyway); there is no silent fallback.
     """
     flatbuffer = pathlib.Path(path).read_bytes()
-    interpreter, _ = _interpreter(flatbuffer)
+    interpreter, runtime = _interpreter(flatbuffer, xnnpack=xnnpack)
     try:
         outputs = _run(None, interpreter, inputs)
-    except RuntimeError:  # XNNPACK rejects sparse quantised weights
-        interpreter, _ = _interpreter(flatbuffer, delegates=False)
-        outputs = _run(None, interpreter, inputs)
+    except RuntimeError as error:
+        hint = (
+            " Apps loading it with Interpreter(model_path=...) fail the same way; "
+            "re-export it (export_tflite refuses sparse quantised files), or pass "
+            "xnnpack=False to run it with the builtin kernels."
+            if xnnpack else ""
+        )
+        raise RuntimeError(f"'{path}' does not run on {runtime}: {error}.{hint}") from error
     return outputs[0] if len(outputs) == 1 else outputs
 
 
-def _compare(model, flatbuffer, interpreter, runtime, inputs):
-    """max |TFLite - Keras|, retrying without XNNPACK if it rejects the file."""
+def _compare(model, interpreter, inputs):
+    """(max |TFLite - Keras|, max |Keras|) on `inputs`, on the interpreter's runtime."""
     keras_inputs = inputs[0] if isinstance(inputs, list) and len(inputs) == 1 else inputs
     outputs = keras.tree.flatten(model(keras_inputs, training=False))
     expected = [keras.ops.convert_to_numpy(y) for y in outputs]
     try:
         actual = _run(model, interpreter, inputs)
-    except RuntimeError:
-        interpreter, runtime = _interpreter(flatbuffer, delegates=False)
-        actual = _run(model, interpreter, inputs)
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"export_tflite: the TFLite file of '{model.name}' does not run on LiteRT's "
+            f"default runtime ({DEFAULT_RUNTIME}): {error}. Nothing was written."
+        ) from error
     if len(actual) != len(expected):
         raise RuntimeError(
             f"export_tflite: the file has {len(actual)} outputs, the model {len(expected)}."
         )
     error = max(float(np.max(np.abs(a - e))) for a, e in zip(actual, expected))
     scale = max(float(np.max(np.abs(e))) for e in expected)
-    return interpreter, runtime, error, scale
+    return error, scale
 
 
 def _run(model, interpreter, inputs):

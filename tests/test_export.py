@@ -86,7 +86,7 @@ def test_outputs_match_keras_within_1e_4(sparse_lenet, dense_and_sparse, inputs)
 
 def test_int8_without_representative_data_is_a_value_error(sparse_lenet, tmp_path):
     with pytest.raises(ValueError, match="representative_data"):
-        ksm.export_tflite(sparse_lenet, tmp_path / "m.tflite", quantize="int8")
+        ksm.export_tflite(sparse_lenet, tmp_path / "m.tflite", sparse=False, quantize="int8")
     assert not (tmp_path / "m.tflite").exists()
 
 
@@ -95,15 +95,18 @@ def test_unknown_quantize_mode_is_a_value_error(sparse_lenet, tmp_path):
         ksm.export_tflite(sparse_lenet, tmp_path / "m.tflite", quantize="int4")
 
 
-def test_int8_sparse_is_smaller_and_keeps_predictions(
+def test_dense_int8_is_smaller_and_keeps_predictions(
     sparse_lenet, dense_and_sparse, inputs, tmp_path
 ):
-    _, sparse = dense_and_sparse
+    dense, _ = dense_and_sparse
     int8 = ksm.export_tflite(
-        sparse_lenet, tmp_path / "int8.tflite", quantize="int8", representative_data=inputs
+        sparse_lenet, tmp_path / "int8.tflite", sparse=False, quantize="int8",
+        representative_data=inputs,
     )
-    assert int8.size_bytes < 0.7 * sparse.size_bytes
-    assert len(int8.sparse_tensors) == 3
+    assert int8.size_bytes < 0.3 * dense.size_bytes and int8.sparse_tensors == []
+    assert int8.dense_size_bytes == dense.size_bytes and int8.latency_ms > 0
+    assert int8.runtime == "ai_edge_litert (XNNPACK)"
+    invoke_plainly(int8.path, inputs[:1])
     reference = keras.ops.convert_to_numpy(sparse_lenet(inputs))
     predicted = tflite_predict(int8.path, inputs)
     assert np.mean(np.argmax(predicted, 1) == np.argmax(reference, 1)) >= 0.9
@@ -112,13 +115,71 @@ def test_int8_sparse_is_smaller_and_keeps_predictions(
     assert int8.max_abs_error == pytest.approx(worst, rel=1e-6)
 
 
-def test_dynamic_range_sparse_falls_back_from_xnnpack(sparse_lenet, inputs, tmp_path):
-    result = ksm.export_tflite(
-        sparse_lenet, tmp_path / "dyn.tflite", quantize="dynamic", sample_inputs=inputs
-    )
-    scale = float(np.max(np.abs(keras.ops.convert_to_numpy(sparse_lenet(inputs)))))
-    assert result.max_abs_error < 0.05 * scale
-    assert "builtin kernels" in result.runtime
+@pytest.mark.parametrize("quantize", ["dynamic", "int8"])
+def test_sparse_quantised_is_refused_up_front_naming_what_runs(
+    sparse_lenet, inputs, tmp_path, quantize
+):
+    match = rf'quantize=None.*sparse=False with quantize="{quantize}"'
+    with pytest.raises(ValueError, match=match):
+        ksm.export_tflite(sparse_lenet, tmp_path / "q.tflite", quantize=quantize,
+                          representative_data=inputs)
+    assert not (tmp_path / "q.tflite").exists()
+
+
+def invoke_plainly(path, x):
+    """What apps do: Interpreter(model_path=...) (XNNPACK on by default), then invoke()."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("sparse, quantize", [
+    (False, None), (True, None), (False, "dynamic"), (False, "float16"), (True, "float16"),
+])
+def test_every_file_written_runs_with_a_plain_interpreter(
+    sparse_lenet, dense_and_sparse, inputs, tmp_path, sparse, quantize
+):
+    if quantize is None:  # the fixture's files
+        result = dense_and_sparse[sparse]
+    else:
+        result = ksm.export_tflite(
+            sparse_lenet, tmp_path / "m.tflite", sparse=sparse, quantize=quantize,
+            representative_data=inputs if quantize == "int8" else None, measure=False,
+        )
+    assert result.runtime == "ai_edge_litert (XNNPACK)"
+    assert (len(result.sparse_tensors) == 3) == sparse
+    output = invoke_plainly(result.path, inputs[:1])
+    reference = keras.ops.convert_to_numpy(sparse_lenet(inputs[:1]))
+    assert np.max(np.abs(output - reference)) <= 0.05 * np.max(np.abs(reference))
+
+
+def test_latency_and_the_dense_file_are_reported(dense_and_sparse):
+    dense, sparse = dense_and_sparse
+    assert sparse.dense_size_bytes == dense.size_bytes  # converted in memory, same bytes
+    assert dense.dense_size_bytes == dense.size_bytes
+    assert dense.dense_latency_ms == dense.latency_ms  # the dense file is timed once
+    for result in dense_and_sparse:
+        assert 0 < result.latency_ms < 100 and 0 < result.dense_latency_ms < 100
+        assert "us per sample (1 thread)" in str(result)
+
+
+def test_tflite_predict_does_not_fall_back_silently(sparse_lenet, inputs, tmp_path):
+    """A sparse int8 file from another tool: XNNPACK rejects it; the error says so and
+    how to run it anyway (xnnpack=False, the builtin kernels)."""
+    from keras_sparse_momentum import export
+
+    flatbuffer, _ = export._convert(sparse_lenet, True, "int8", inputs)
+    path = tmp_path / "foreign.tflite"
+    path.write_bytes(flatbuffer)
+    with pytest.raises(RuntimeError, match=r"does not run on ai_edge_litert \(XNNPACK\).*xnnpack=False"):
+        tflite_predict(path, inputs)
+    predicted = tflite_predict(path, inputs, xnnpack=False)
+    reference = keras.ops.convert_to_numpy(sparse_lenet(inputs))
+    assert np.mean(np.argmax(predicted, 1) == np.argmax(reference, 1)) >= 0.9
 
 
 class TwoHeads(keras.Model):
@@ -139,7 +200,7 @@ def test_subclassed_model_exports_and_matches(tmp_path):
     with pytest.raises(ValueError, match="not built"):
         ksm.export_tflite(model, tmp_path / "m.tflite")
     model(np.zeros((1, 6), "float32"))
-    result = ksm.export_tflite(model, tmp_path / "m.tflite")
+    result = ksm.export_tflite(model, tmp_path / "m.tflite", measure=False)
     assert result.max_abs_error <= 1e-5
     x = np.random.default_rng(0).standard_normal((5, 6)).astype("float32")
     doubled, scores = tflite_predict(result.path, x)
@@ -152,7 +213,7 @@ def test_multi_input_functional_model_maps_inputs_and_outputs_by_name(tmp_path):
     joined = keras.layers.Concatenate()([a, b])
     model = keras.Model([a, b], [keras.layers.Dense(2)(joined), keras.layers.Dense(5)(joined)])
     x = [np.ones((3, 4), "float32"), np.full((3, 3), -1.0, "float32")]
-    result = ksm.export_tflite(model, tmp_path / "m.tflite", sample_inputs=x)
+    result = ksm.export_tflite(model, tmp_path / "m.tflite", sample_inputs=x, measure=False)
     assert result.max_abs_error <= 1e-5
     first, second = tflite_predict(result.path, x)
     assert first.shape == (3, 2) and second.shape == (3, 5)
@@ -168,7 +229,7 @@ def test_stripped_model_exports(tmp_path):
     slim = ksm.strip(model)
     assert slim.get_layer("hidden").units == 8
     x = np.random.default_rng(0).standard_normal((8, 16)).astype("float32")
-    result = ksm.export_tflite(slim, tmp_path / "slim.tflite", sample_inputs=x)
+    result = ksm.export_tflite(slim, tmp_path / "slim.tflite", sample_inputs=x, measure=False)
     assert result.max_abs_error <= 1e-5
     np.testing.assert_allclose(tflite_predict(result.path, x), model(x), atol=1e-5)
 
@@ -197,9 +258,12 @@ def test_nan_from_sparse_float16_is_caught(tmp_path):
     kernel[np.random.default_rng(0).random(kernel.shape) < 0.98] = 0.0
     model.layers[0].kernel.assign(kernel)
     x = np.random.default_rng(1).random((16, 64)).astype("float32")
-    with pytest.raises(RuntimeError, match="sparse=False"):
-        ksm.export_tflite(model, tmp_path / "f16.tflite", quantize="float16", sample_inputs=x)
+    with pytest.raises(RuntimeError, match="nothing was written.*sparse=False"):
+        ksm.export_tflite(model, tmp_path / "f16.tflite", quantize="float16", sample_inputs=x,
+                          measure=False)
+    assert not (tmp_path / "f16.tflite").exists()
     dense = ksm.export_tflite(
-        model, tmp_path / "f16.tflite", quantize="float16", sparse=False, sample_inputs=x
+        model, tmp_path / "f16.tflite", quantize="float16", sparse=False, sample_inputs=x,
+        measure=False,
     )
     assert dense.max_abs_error < 1e-2

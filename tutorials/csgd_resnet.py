@@ -2,7 +2,7 @@
 Title: Thinner, faster ResNets with Centripetal SGD
 Author: keras-sparse-momentum developers
 Date created: 2026/11/23
-Last modified: 2026/11/23
+Last modified: 2026/12/02
 Description: Make clustered ResNet filters identical with C-SGD, then remove them: same outputs.
 Accelerator: None
 """
@@ -48,12 +48,11 @@ import numpy as np
 import tensorflow as tf
 
 import keras_sparse_momentum as ksm
-from keras_sparse_momentum.data import load_mnist10k
 
 parser = argparse.ArgumentParser(description="C-SGD on a small ResNet")
 parser.add_argument("--quick", action="store_true", help="tiny run (< 60 s on 2 cores)")
 parser.add_argument("--out", default=".", help="directory for the PNG plot")
-parser.add_argument("--data", default=None, help="mnist10k.npz (default: searched for)")
+parser.add_argument("--data", default=None, help="another mnist10k.npz (default: shipped)")
 args = parser.parse_args()
 
 QUICK = args.quick
@@ -62,12 +61,12 @@ keras.utils.set_random_seed(0)
 """
 ## Data
 
-A 10,000-image subset of MNIST (28x28 digits), found without the internet by
-`load_mnist10k`: at `--data`, `$KSM_DATA`, or `shared/data/mnist10k.npz` above
-the working directory. Pixels come scaled to [0, 1].
+A 10,000-image subset of MNIST (28x28 digits) that ships inside the package,
+loaded without the internet by `ksm.datasets.load_mnist_sample` (`--data` or
+`$KSM_DATA` use another file). Pixels come scaled to [0, 1].
 """
 
-(x_train, y_train), (x_test, y_test) = load_mnist10k(args.data)
+(x_train, y_train), (x_test, y_test) = ksm.datasets.load_mnist_sample(args.data)
 n_train, n_test = (2000, 500) if QUICK else (8000, 2000)
 x_train, y_train = x_train[:n_train, ..., None], y_train[:n_train]
 x_test, y_test = x_test[:n_test, ..., None], y_test[:n_test]

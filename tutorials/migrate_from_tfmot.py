@@ -2,7 +2,7 @@
 Title: Migrating from tfmot's prune_low_magnitude to Keras 3 with PruneToRatio
 Author: keras-sparse-momentum developers
 Date created: 2026/11/23
-Last modified: 2026/11/23
+Last modified: 2026/12/02
 Description: The same gradual magnitude pruning as TensorFlow Model Optimization's `prune_low_magnitude`, on Keras 3, with one callback and no layer wrappers.
 Accelerator: None
 """
@@ -36,7 +36,7 @@ Run: `python tutorials/migrate_from_tfmot.py [--quick] [--out DIR] [--with-tfmot
 
 | tfmot (Keras 2)                                                        | keras_sparse_momentum (Keras 3)                                         |
 |------------------------------------------------------------------------|-------------------------------------------------------------------------|
-| `prune_low_magnitude(model, pruning_schedule=PolynomialDecay(s_i, s_f, begin_step, end_step, frequency=f))` | callback `PruneToRatio(sparsity=s_f, schedule="polynomial", scope="layer", initial_sparsity=s_i, begin_step=..., end_step=..., frequency=f)` |
+| `prune_low_magnitude(model, pruning_schedule=PolynomialDecay(s_i, s_f, begin_step, end_step, frequency=f))` | callback `PruneToRatio(sparsity=s_f, scope="layer", initial_sparsity=s_i, begin_step=..., end_step=..., frequency=f)` (the default `schedule="auto"` is `"polynomial"` with any optimizer but GSMMomentum / ProxNAG) |
 | `ConstantSparsity(s, begin_step, frequency=f)`                          | `PruneToRatio(sparsity=s, schedule="polynomial", initial_sparsity=s, begin_step=..., frequency=f, scope="layer")` |
 | `callbacks=[UpdatePruningStep()]`                                       | `callbacks=[prune]` (the callback *is* the pruning)                     |
 | wrap only some layers with `clone_model(..., clone_function=...)`       | `prunable=lambda v: "fc1" in v.path`                                    |
@@ -112,12 +112,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import keras_sparse_momentum as ksm
-from keras_sparse_momentum.data import find_mnist10k, load_mnist10k
 
 parser = argparse.ArgumentParser(description=__doc__.split("Description: ")[1].split("\n")[0])
 parser.add_argument("--quick", action="store_true", help="a smoke run (under a minute)")
 parser.add_argument("--out", default="tutorial_out", help="folder for the PNG")
-parser.add_argument("--data", default=None, help="mnist10k.npz (default: searched for)")
+parser.add_argument("--data", default=None, help="another mnist10k.npz (default: shipped)")
 parser.add_argument(
     "--with-tfmot", action="store_true",
     help="also run the tfmot program in a subprocess with TF_USE_LEGACY_KERAS=1",
@@ -133,6 +132,9 @@ keras.utils.set_random_seed(0)
 Same data, model, optimizer and schedule: 90 % sparsity per layer, reached along
 the cubic schedule at 75 % of training, masks recomputed every `frequency`
 steps (tfmot's default is 100; the quick run has only 64 steps, so it uses 10).
+`PruneToRatio` needs no `schedule` argument for this: next to Adam its default,
+`"auto"`, is the gradual `"polynomial"` schedule (one exact cut at the end,
+`"end"`, stays available for a model you fine-tune afterwards).
 """
 
 epochs = 2 if args.quick else 10
@@ -140,7 +142,7 @@ train_size = 2000 if args.quick else 8000
 frequency = 10 if args.quick else 100
 batch_size = 64
 
-(x_train, y_train), (x_test, y_test) = load_mnist10k(args.data)
+(x_train, y_train), (x_test, y_test) = ksm.datasets.load_mnist_sample(args.data)
 x_train, y_train = x_train[:train_size], y_train[:train_size]
 steps = epochs * -(-len(x_train) // batch_size)
 
@@ -155,9 +157,10 @@ model = keras.Sequential(
     ]
 )
 # tfmot: pruned = prune_low_magnitude(model, pruning_schedule=PolynomialDecay(...))
+# No `schedule`: the default "auto" is tfmot's gradual polynomial schedule next to
+# Adam (or any optimizer that does not prune by itself).
 prune = ksm.PruneToRatio(
     sparsity=0.9,
-    schedule="polynomial",
     scope="layer",  # tfmot prunes each layer to the same sparsity
     initial_sparsity=0.0,
     begin_step=0,
@@ -201,7 +204,7 @@ ax.plot(
 )
 ax.set_xlabel("optimizer step")
 ax.set_ylabel("sparsity (%)")
-ax.set_title("PruneToRatio(schedule='polynomial'), tfmot's PolynomialDecay")
+ax.set_title("PruneToRatio (default: polynomial), tfmot's PolynomialDecay")
 ax.legend(loc="lower right")
 fig.tight_layout()
 fig.savefig(out / "migrate_from_tfmot_schedule.png", dpi=120)
@@ -232,7 +235,7 @@ if args.with_tfmot:
         script.write(TFMOT_CODE)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     command = [
-        sys.executable, script.name, str(find_mnist10k(args.data)),
+        sys.executable, script.name, str(ksm.datasets.mnist_sample_path(args.data)),
         str(epochs), str(train_size), str(frequency),
     ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -2,7 +2,7 @@
 Title: 90 % sparse LeNet-5 with Prox-NAG and PruneToRatio
 Author: keras-sparse-momentum developers
 Date created: 2026/11/23
-Last modified: 2026/11/23
+Last modified: 2026/12/02
 Description: L1 soft-thresholding on a Nesterov path prunes a trained LeNet-5 to exactly 90 % sparsity in one `fit`.
 Accelerator: None
 """
@@ -15,8 +15,8 @@ step it takes a Nesterov momentum step and then soft-thresholds the weights,
 `w~ = sign(w_hat) * max(|w_hat| - lr * l1, 0)`. How sparse the result gets depends on the L1
 strength `l1` only implicitly, so the paper adds an iterative algorithm: prune with Prox-NAG
 until the sparsity peaks, hold the zeros, fine-tune, raise `l1`, and repeat until the target is
-met. `ksm.PruneToRatio(sparsity=0.9, schedule="auto")` runs that algorithm for you inside one
-`model.fit` call when the optimizer is `ksm.ProxNAG`.
+met. `ksm.PruneToRatio(sparsity=0.9)` runs that algorithm for you inside one `model.fit` call
+when the optimizer is `ksm.ProxNAG` (its default `schedule="auto"` picks it).
 
 Run `python tutorials/prox_nag_90.py --quick` for a version that finishes in under a minute.
 """
@@ -37,7 +37,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_sparse_momentum as ksm  # noqa: E402
-from keras_sparse_momentum.data import load_mnist10k  # noqa: E402
 
 parser = argparse.ArgumentParser(description="Prox-NAG to 90 % sparsity on LeNet-5")
 parser.add_argument("--quick", action="store_true", help="small data, few epochs (< 60 s)")
@@ -49,11 +48,11 @@ out_dir.mkdir(parents=True, exist_ok=True)
 """
 ## The data: 10,000 MNIST digits
 
-`load_mnist10k()` finds the 10k-digit sample next to the project (no
-download); set `KSM_DATA` to point elsewhere.
+`ksm.datasets.load_mnist_sample()` loads the 10k-digit sample that ships inside the package
+(no download); set `KSM_DATA` to use another file.
 """
 
-(x_train, y_train), (x_test, y_test) = load_mnist10k()
+(x_train, y_train), (x_test, y_test) = ksm.datasets.load_mnist_sample()
 x_train, x_test = x_train[..., None], x_test[..., None]
 if args.quick:
     x_train, y_train = x_train[:3000], y_train[:3000]
@@ -94,15 +93,15 @@ print(f"dense test accuracy: {dense_accuracy:.4f}")
 """
 ## Prune to exactly 90 % with Prox-NAG
 
-Swap in `ksm.ProxNAG` (same learning rate and momentum) and add `ksm.PruneToRatio`. With
-`schedule="auto"` the callback sees the Prox-NAG optimizer and runs the iterative algorithm:
+Swap in `ksm.ProxNAG` (same learning rate and momentum) and add `ksm.PruneToRatio`. Its
+default `schedule="auto"` sees the Prox-NAG optimizer and runs the iterative algorithm:
 it calibrates the L1 step from the weights, so there is no `l1` to tune. Each epoch it logs
 the phase (0 prune, 1 fine-tune, 2 final), the round, `l1` and the sparsity of the sparse
 iterate.
 """
 
 model.compile(ksm.ProxNAG(0.02, momentum=0.9), loss, metrics=["accuracy"])
-prune = ksm.PruneToRatio(sparsity=0.9, schedule="auto")
+prune = ksm.PruneToRatio(sparsity=0.9)  # schedule="auto": the iterative algorithm
 history = model.fit(
     x_train, y_train, batch_size=64, epochs=prune_epochs, verbose=2, callbacks=[prune]
 )

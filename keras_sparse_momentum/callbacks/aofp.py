@@ -518,10 +518,19 @@ class AOFP(keras.callbacks.Callback):
         if self.events:
             self._reestimate_batch_norm()
         if not self.target_reached:
+            relax = (
+                "pass thresh_growth=2.0 (relaxes the threshold after every round that "
+                "misses the target)"
+                if self.thresh_growth == 1
+                else f"raise thresh_growth (now {self.thresh_growth:g}) to "
+                f"{2 * self.thresh_growth:g}"
+            )
             warnings.warn(
                 f"AOFP reached {self.flops_ratio:.3f} of the original FLOPs, not the "
-                f"target {self.target_flops}: train longer, raise `thresh`, or lower "
-                "`iters_per_half` / `measure_every`.",
+                f"target {self.target_flops}, in {self._step:,} steps: {relax}, raise "
+                f"`thresh` (now {self.thresh:g}), lower `iters_per_half` (now "
+                f"{self.iters_per_half}) or `measure_every` (now {self.measure_every}), "
+                "or train longer.",
                 stacklevel=2,
             )
 

@@ -30,6 +30,13 @@ class _MaskConstraint(keras.constraints.Constraint):
 class PruneToRatio(keras.callbacks.Callback):
     """Prune a model to an exact compression ratio during `fit`, with any optimizer.
 
+    `schedule="auto"` (the default) picks the schedule from the optimizer:
+    `"end"` for GSMMomentum (which prunes by itself; its own final cut matches
+    this one), `"prox_iterative"` for ProxNAG, and gradual `"polynomial"`
+    pruning (what tfmot users expect) for every other optimizer, so
+    `PruneToRatio(sparsity=0.9)` next to SGD or Adam prunes gradually and
+    leaves the last quarter of `fit` to recover.
+
     `schedule="end"`: training is untouched; at `on_train_end` (after the
     optimizer's `finalize_variable_values`, so an EMA swap cannot undo it) one
     magnitude cut leaves exactly `ceil(N / C)` nonzero prunable weights, chosen
@@ -55,10 +62,6 @@ class PruneToRatio(keras.callbacks.Callback):
     rising `l1`, the support mask held, growing fine-tune phases, then an
     exact trim to the target and a final fine-tune, all in one `fit`.
 
-    `schedule="auto"`: `"end"` when the optimizer already prunes (GSMMomentum,
-    whose own final cut matches this one), `"prox_iterative"` for ProxNAG,
-    `"polynomial"` otherwise.
-
     The sparsity reached is written to `logs["sparsity"]` (each batch: the
     mask's; each epoch: measured on the weights), so the progress bar, History
     and a TensorBoard callback placed after this one show it.
@@ -71,7 +74,9 @@ class PruneToRatio(keras.callbacks.Callback):
     Args:
         compression: C >= 1: keep `ceil(N / C)` of the N prunable weights.
         sparsity: s in [0, 1): the fraction removed; give exactly one.
-        schedule: "end", "polynomial", "prox_iterative" or "auto".
+        schedule: "auto" (default), "end", "polynomial" or "prox_iterative".
+            "end" with an optimizer that does not prune (SGD, Adam) is one cut
+            with no recovery: only for a model that is fine-tuned afterwards.
         prunable: None (layer kernels of rank >= 2) or `callable(variable) -> bool`.
         scope: "global" (one ranking over all prunable weights) or "layer"
             (every variable at the same sparsity, like tfmot).
@@ -87,7 +92,7 @@ class PruneToRatio(keras.callbacks.Callback):
         self,
         compression=None,
         sparsity=None,
-        schedule="end",
+        schedule="auto",
         prunable=None,
         scope="global",
         begin_step=0,

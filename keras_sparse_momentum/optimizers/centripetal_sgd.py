@@ -1,6 +1,7 @@
 """Centripetal SGD (Ding et al., CVPR 2019)."""
 
 import logging
+import math
 import warnings
 
 import keras
@@ -14,6 +15,8 @@ from keras_sparse_momentum.surgery.cluster_plan import KERNEL, STATISTIC, Cluste
 _LOG = logging.getLogger("keras_sparse_momentum")
 # Above this relative intra-cluster distance the final merge visibly changes the model.
 _UNCONVERGED = 0.05
+# The distance the warning's suggested strength aims at (well below _UNCONVERGED).
+_AIM = 0.01
 
 
 def _along(x, matrix, axis):
@@ -54,9 +57,11 @@ class CentripetalSGD(base.PruningSGD):
     and (if the plan is bound to the model, as `ClusterPlan.from_model` does)
     moving statistics are replaced by their cluster means. The largest relative
     intra-cluster distance seen just before is stored in
-    `last_cluster_distance` and logged (warned about above 0.05: train longer
-    or raise `centripetal_strength`). Then `ksm.strip(model, plan)` removes all
-    but one filter per cluster without changing the function.
+    `last_cluster_distance` and logged; above 0.05 a warning gives the
+    `centripetal_strength` that would close the clusters within the same
+    number of steps (estimated from the distance reached and the learning
+    rates used). Then `ksm.strip(model, plan)` removes all but one filter per
+    cluster without changing the function.
 
     Args:
         plan: a `ClusterPlan` (or its `to_dict()`).
@@ -170,9 +175,35 @@ class CentripetalSGD(base.PruningSGD):
         if self.last_cluster_distance > _UNCONVERGED:
             warnings.warn(
                 f"{message}; the clusters had not converged, so merging them changes "
-                "the model. Train longer or raise `centripetal_strength`.",
+                f"the model. {self._suggestion()}",
                 stacklevel=2,
             )
+
+    def _suggestion(self):
+        """The concrete change: the strength that would close the clusters in this budget.
+
+        A difference within a cluster shrinks by about
+        `lr * centripetal_strength / (1 - momentum)` of itself per step (small
+        steps), so over the `T` steps run, raising the strength by `d`
+        shrinks it by a further factor `exp(-d * sum(lr) / (1 - momentum))`;
+        `d` is chosen to take the distance reached down to _AIM.
+        """
+        steps = int(ops.convert_to_numpy(self.iterations))
+        rate = self._learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            points = np.linspace(0, max(steps - 1, 0), num=min(steps, 64) or 1)
+            mean_rate = float(np.mean([ops.convert_to_numpy(rate(int(p))) for p in points]))
+        else:
+            mean_rate = float(ops.convert_to_numpy(rate))
+        reach = steps * mean_rate / (1.0 - self.momentum)
+        if reach <= 0:
+            return "Train longer or raise `centripetal_strength`."
+        needed = self.centripetal_strength + math.log(self.last_cluster_distance / _AIM) / reach
+        return (
+            f"For this budget ({steps:,} steps) use centripetal_strength={needed:.2g} "
+            f"instead of {self.centripetal_strength:g} (estimated to close the clusters to "
+            f"{_AIM:g}), or train longer."
+        )
 
     def get_config(self):
         config = super().get_config()

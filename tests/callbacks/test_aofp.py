@@ -291,3 +291,16 @@ def test_bad_arguments_raise(kwargs, match):
     kwargs.setdefault("probe_data", np.zeros((4, 8, 8, 1), "float32"))
     with pytest.raises(ValueError, match=match):
         ksm.AOFP(**kwargs)
+
+
+def test_required_arguments_only_on_a_short_budget_warn_with_the_change_to_make():
+    """target_flops + probe_data alone, 192 steps (24 epochs of the 256 examples): the
+    paper's fixed threshold (0.01) and 50 measurements per decision do not reach the
+    target; the warning names the change (thresh_growth=2.0) and the current values."""
+    aofp = ksm.AOFP(0.5, probe_data=_data(64, seed=1)[0])
+    x, y = _data(24 * 256)
+    model = compile_for_test(_cnn(), keras.optimizers.SGD(0.05, momentum=0.9))
+    with pytest.warns(UserWarning, match=r"not the target 0\.5, in 192 steps: pass "
+                      r"thresh_growth=2\.0 .*`thresh` \(now 0\.01\).*\(now 50\).*\(now 4\)"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[aofp])
+    assert not aofp.target_reached and aofp.flops_ratio > 0.5

@@ -45,7 +45,7 @@ def test_end_schedule_leaves_exactly_ceil_n_over_c(optimizer):
         "ema": keras.optimizers.SGD(0.05, use_ema=True, ema_momentum=0.9),
     }[optimizer]
     model = mlp()
-    callback = ksm.PruneToRatio(compression=17)
+    callback = ksm.PruneToRatio(compression=17, schedule="end")
     _fit(model, callback, optimizer)
     n = _size(kernels(model))
     assert nonzeros(kernels(model)) == math.ceil(n / 17) == callback.kept
@@ -60,7 +60,7 @@ def test_end_cut_keeps_the_largest_magnitudes_globally():
         def on_train_end(self, logs=None):
             pass
 
-    callback = ksm.PruneToRatio(sparsity=0.9)
+    callback = ksm.PruneToRatio(sparsity=0.9, schedule="end")
     x, y = classification_data()
     compile_for_test(model, keras.optimizers.SGD(0.05))
     model.fit(x, y, epochs=1, verbose=0)
@@ -131,13 +131,20 @@ def test_functional_and_subclassed_models_and_history():
         assert "sparsity" in history.history and history.history["sparsity"][-1] > 0.8
 
 
-def test_auto_leaves_gsm_alone_and_prunes_gradually_otherwise():
-    gsm_callback = ksm.PruneToRatio(compression=8, schedule="auto")
+@pytest.mark.filterwarnings("ignore:.*final cut zeroed")
+def test_the_default_auto_leaves_gsm_alone_and_prunes_gradually_otherwise():
+    assert ksm.PruneToRatio(compression=8).schedule == "auto"
+    gsm_callback = ksm.PruneToRatio(compression=8)
     _fit(mlp(), gsm_callback, ksm.GSMMomentum(0.05, momentum=0.9, compression=8), epochs=1)
     assert gsm_callback._active == "end"
-    sgd_callback = ksm.PruneToRatio(compression=8, schedule="auto")
-    _fit(mlp(), sgd_callback, epochs=1)
+    sgd_callback = ksm.PruneToRatio(compression=8, frequency=1)
+    recorder = _Recorder()
+    _fit(mlp(), sgd_callback, epochs=1, recorder=recorder)  # 8 steps, target at step 6
     assert sgd_callback._active == "polynomial"
+    assert 0 < recorder.logged[1] < recorder.logged[5] < recorder.logged[6]  # gradual
+    prox_callback = ksm.PruneToRatio(compression=8)
+    _fit(mlp(), prox_callback, ksm.ProxNAG(0.05, momentum=0.9), epochs=1)
+    assert prox_callback._active == "prox_iterative"
 
 
 def test_train_function_is_clean_after_pruning():

@@ -1,6 +1,8 @@
 """CentripetalSGD: the update against numpy, geometric convergence, finalize, XLA, config."""
 
 import json
+import math
+import re
 import warnings
 
 import keras
@@ -189,3 +191,33 @@ def test_bad_arguments():
     other = architectures.cnn_flatten()
     with pytest.raises(ValueError, match="does not train"):
         ksm.CentripetalSGD(plan).build(other.trainable_variables)
+
+
+def _fit_plan_and_learning_rate_only(**strength):
+    keras.utils.set_random_seed(0)
+    model = architectures.cnn_flatten()
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
+    opt = ksm.CentripetalSGD(plan, learning_rate=0.05, **strength)
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).standard_normal((480, 8, 8, 2)).astype("float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, np.arange(480) % 3, batch_size=16, epochs=4, verbose=0)  # 120 steps
+    return opt, [str(w.message) for w in caught if "not converged" in str(w.message)]
+
+
+def test_plan_and_learning_rate_only_warn_with_a_strength_that_converges():
+    """The paper's strength (3e-3) on a short budget (120 steps, as 30 epochs of a small
+    data set): the warning gives the strength for this budget, and that strength does
+    close the clusters (no warning)."""
+    opt, messages = _fit_plan_and_learning_rate_only()
+    assert opt.last_cluster_distance > 0.05 and len(messages) == 1
+    found = re.search(r"For this budget \(120 steps\) use centripetal_strength=([\d.e-]+) "
+                      r"instead of 0\.003", messages[0])
+    assert found, messages[0]
+    # Differences shrink by lr * eps / (1 - momentum) per step: the extra strength takes
+    # the distance reached down to 0.01 over 120 steps at lr 0.05, momentum 0.9.
+    needed = 0.003 + math.log(opt.last_cluster_distance / 0.01) / (120 * 0.05 / (1 - 0.9))
+    assert found.group(1) == f"{needed:.2g}"
+    opt, messages = _fit_plan_and_learning_rate_only(centripetal_strength=float(found.group(1)))
+    assert opt.last_cluster_distance < 0.05 and messages == []

@@ -1,6 +1,7 @@
 """GSMMomentum: golden equivalences, exact compression, and the Keras feature matrix."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_sparse_momentum as ksm
+from keras_sparse_momentum.optimizers import gsm
 from support import classification_data, compile_for_test, kernels, mlp, nonzeros
 
 
@@ -296,6 +298,62 @@ def test_save_load_and_resume_equal_uninterrupted(tmp_path):
     assert isinstance(resumed.optimizer, ksm.GSMMomentum)
     resumed.fit(x, y, batch_size=32, epochs=4, initial_epoch=2, shuffle=False, verbose=0)
     _assert_same(resumed, uninterrupted, atol=1e-6)
+
+
+# -- the final cut is measured; a destructive one warns ------------------------
+
+
+def test_final_cut_measures_what_it_zeroes_against_what_it_keeps():
+    rng = np.random.default_rng(5)
+    values = [rng.standard_normal(shape).astype("float32") for shape in ((6, 5), (5, 3))]
+    variables = [keras.Variable(v, name="kernel") for v in values]
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, weight_decay=0.0, compression=4)
+    opt.build(variables)
+    assert opt.final_cut is None
+    with pytest.warns(UserWarning, match="final cut zeroed") as caught:
+        opt.finalize_variable_values(variables)
+    magnitudes = np.sort(np.concatenate([np.abs(v.astype("float64")).ravel() for v in values]))
+    kept = math.ceil(45 / 4)  # 12 of 45 weights
+    squares = np.square(magnitudes)
+    assert opt.final_cut.norm_share == pytest.approx(squares[:-kept].sum() / squares.sum(),
+                                                     rel=1e-9)
+    scale = np.median(magnitudes[:-kept]) / np.median(magnitudes[-kept:])
+    assert opt.final_cut.scale == pytest.approx(scale, rel=1e-9)
+    (message,) = [str(w.message) for w in caught if w.category is UserWarning]
+    assert f"{opt.final_cut.scale:.2g} times the median kept weight" in message
+    assert f"{opt.final_cut.norm_share:.2%} of the prunable weights' squared L2 norm" in message
+    assert "GSMMomentum.for_budget(0, compression=4, learning_rate=0.05, momentum=0.9, " \
+        "nesterov=True, weight_decay=0)" in message
+    # Cut again: only zeros go, nothing is removed, nothing is said.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        opt.finalize_variable_values(variables)
+    assert opt.final_cut == (0.0, 0.0)
+
+
+def test_paper_rule_on_a_short_budget_warns_and_the_suggested_call_does_not():
+    """224 steps of the paper's constants leave the passive weights large: the cut is
+    destructive and says so, naming for_budget for 224 steps; that call, run on the
+    same budget, ends with a harmless cut (its passive weights are already zero)."""
+    x, y = classification_data(n=1024)
+
+    def train(optimizer):
+        keras.utils.set_random_seed(0)
+        model = compile_for_test(mlp(), optimizer)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=32, epochs=7, verbose=0)  # 224 steps
+        return [str(w.message) for w in caught if "final cut" in str(w.message)]
+
+    paper = ksm.GSMMomentum(compression=10)
+    (message,) = train(paper)
+    assert paper.final_cut.scale > 50 * gsm.DESTRUCTIVE_CUT
+    call = "GSMMomentum.for_budget(224, compression=10, learning_rate=0.1, momentum=0.9, " \
+        "nesterov=True)"
+    assert call in message
+    suggested = eval(call, {"GSMMomentum": ksm.GSMMomentum})
+    assert train(suggested) == []
+    assert suggested.final_cut.scale < gsm.DESTRUCTIVE_CUT / 100
 
 
 # -- bad input ----------------------------------------------------------------
