@@ -37,3 +37,23 @@ def kernels(model):
 
 def nonzeros(variables):
     return sum(int(np.count_nonzero(keras.ops.convert_to_numpy(v))) for v in variables)
+
+
+def top_magnitude_masks(arrays, keep):
+    """Independent reference of the global cut: a full sort, not the package's partition.
+
+    The `keep` entries of largest |value| over all arrays together survive; among
+    equal magnitudes the earlier array, then the lower flat index, wins; zeros
+    never count as kept.
+    """
+    flat = np.concatenate([np.abs(np.asarray(a, np.float64)).ravel() for a in arrays])
+    order = np.lexsort((np.arange(flat.size), -flat))  # descending |value|, then index
+    kept = np.zeros(flat.size, bool)
+    kept[order[:keep]] = True
+    kept &= flat != 0
+    masks, start = [], 0
+    for a in arrays:
+        size = int(np.prod(np.shape(a)))
+        masks.append(kept[start:start + size].reshape(np.shape(a)))
+        start += size
+    return masks

@@ -187,8 +187,9 @@ class GSMMomentum(base.PruningSGD):
         argument of the constructor can be passed to override the recipe.
 
         Args:
-            total_steps: int >= 1, e.g. `epochs * steps_per_epoch` (divided by
-                `gradient_accumulation_steps` if used).
+            total_steps: int >= 1, `epochs * steps_per_epoch`: Keras's
+                learning-rate schedules, and this ramp, count every batch,
+                also with `gradient_accumulation_steps`.
             compression, sparsity: as for the constructor (exactly one).
             warmup_cosine: bool, default True: schedule `learning_rate` (a
                 number) as above. False keeps `learning_rate` as given (a
@@ -228,7 +229,10 @@ class GSMMomentum(base.PruningSGD):
         total, kept = self.prunable_count, self.kept_count
         if not self.ramp_steps:
             return kept
-        elapsed = ops.cast(self.iterations, "float32") - float(self.ramp_begin_step)
+        # Counted like Keras's learning-rate schedules count steps (`_iterations`:
+        # every batch, also with gradient accumulation), so that `for_budget`'s
+        # ramp and learning rate share one clock.
+        elapsed = ops.cast(self._iterations, "float32") - float(self.ramp_begin_step)
         span = float(self.ramp_steps - self.ramp_begin_step)
         progress = ops.clip(elapsed / span, 0.0, 1.0)
         sparsity = polynomial_sparsity(progress, 0.0, 1.0 - kept / total)
