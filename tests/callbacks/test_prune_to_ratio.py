@@ -96,10 +96,11 @@ def test_end_cut_breaks_ties_by_variable_then_index():
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_polynomial_schedule_holds_masks_after_every_step(jit_compile):
     model = mlp()
-    recorder = _Recorder()
+    recorder, before = _Recorder(), _BeforeCut()
     callback = ksm.PruneToRatio(compression=10, schedule="polynomial", frequency=3, end_step=18)
-    _fit(model, callback, epochs=3, jit_compile=jit_compile, recorder=recorder)
+    _fit(model, callback, epochs=3, jit_compile=jit_compile, recorder=recorder, before=before)
     n = _size(kernels(model))
+    _assert_largest_survive(model, before.values, math.ceil(n / 10))
     assert recorder.nonzeros == sorted(recorder.nonzeros, reverse=True)  # never grows back
     for step, (count, logged) in enumerate(zip(recorder.nonzeros, recorder.logged)):
         scheduled = callback.sparsity_at(min(step - step % 3, 18))  # masks move every 3 steps

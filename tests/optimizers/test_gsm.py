@@ -207,8 +207,10 @@ def test_subclassed_model_is_pruned():
             return self.out(self.hidden(x))
 
     opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=20)
-    model = _train(opt, model=Net(), epochs=1)
+    last = _LastEpoch()
+    model = _train(opt, model=Net(), epochs=1, callbacks=[last])
     assert nonzeros(kernels(model)) == math.ceil((16 * 32 + 32 * 4) / 20)
+    _assert_largest_survive(model, last.values, math.ceil((16 * 32 + 32 * 4) / 20))
 
 
 # -- the Keras feature matrix -------------------------------------------------
