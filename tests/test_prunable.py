@@ -10,6 +10,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_sparse_momentum import prunable
 from support import mlp, top_magnitude_masks
@@ -109,6 +110,9 @@ def test_default_rule_takes_layer_kernels_of_rank_two_or_more():
     assert not any(prunable.is_default_prunable(v) for v in embedding.weights)
     assert [v.name for v in recurrent.weights if prunable.is_default_prunable(v)] == ["kernel"]
     assert not prunable.is_default_prunable(keras.Variable(np.ones(3), name="kernel"))
+    # A raw TensorFlow variable is named 'dense/kernel:0'.
+    assert prunable.is_default_prunable(tf.Variable(np.ones((2, 2)), name="dense/kernel"))
+    assert not prunable.is_default_prunable(tf.Variable(np.ones((2, 2)), name="dense/bias"))
 
 
 def test_a_callable_selects_and_anything_else_is_refused():
@@ -118,5 +122,12 @@ def test_a_callable_selects_and_anything_else_is_refused():
     assert prunable.resolve(None) is prunable.is_default_prunable
     with pytest.raises(ValueError, match="`prunable` must be None .* Received: prunable='kernel'"):
         prunable.resolve("kernel")
-    with pytest.raises(ValueError, match=r"Model 'nothing' has no prunable variables: .*bias"):
+    with pytest.raises(ValueError, match=r"Model 'nothing' has no prunable variables: .*bias.* "
+                       r"kernels of Dense/Conv layers\)\. Build the model first, or pass "
+                       r"`prunable=callable`\.$"):
         prunable.prunable_variables(mlp(name="nothing"), lambda v: False)
+    norms = keras.Sequential([keras.Input((3,))] + [keras.layers.BatchNormalization()
+                                                     for _ in range(5)])
+    with pytest.raises(ValueError) as error:  # names the first 8 of its 10 variables
+        prunable.prunable_variables(norms)
+    assert str(error.value).count("gamma") + str(error.value).count("beta") == 8
