@@ -120,7 +120,8 @@ def test_a_callable_selects_and_anything_else_is_refused():
     biases = prunable.prunable_variables(model, lambda v: v.name == "bias")
     assert [v.name for v in biases] == ["bias"] * 3
     assert prunable.resolve(None) is prunable.is_default_prunable
-    with pytest.raises(ValueError, match="`prunable` must be None .* Received: prunable='kernel'"):
+    with pytest.raises(ValueError, match=r"^`prunable` must be None \(layer kernels of rank >= 2\) "
+                       r"or a callable `prunable\(variable\) -> bool`\. Received: prunable='kernel'$"):
         prunable.resolve("kernel")
     with pytest.raises(ValueError, match=r"Model 'nothing' has no prunable variables: .*bias.* "
                        r"kernels of Dense/Conv layers\)\. Build the model first, or pass "
