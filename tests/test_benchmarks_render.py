@@ -131,3 +131,48 @@ def test_every_section_has_an_entry_in_the_one_map():
         for files in entry.values():
             for path in files:
                 assert (run.REPO / path).exists(), (section, path)
+
+
+class _Section:
+    """A stand-in section that records how `run.main` calls it."""
+
+    TITLE = "Fake"
+
+    def __init__(self, partial):
+        self.calls = []
+        if partial:
+            self.drop_rows = lambda previous, stale: {
+                "rows": [r for r in previous["rows"] if r not in stale]}
+
+    def run(self, opts, previous):
+        self.calls.append((getattr(opts, "resume", False), previous))
+        kept = previous["rows"] if previous else []
+        return {"rows": kept + [{"method": "m", "value": 2}]}
+
+    def render(self, results, out):
+        return f"{len(results['rows'])} rows"
+
+
+@pytest.mark.parametrize("partial", [True, False])
+def test_stale_only_reruns_the_stale_rows_or_the_whole_section(tmp_path, monkeypatch, partial):
+    section = _Section(partial)
+    monkeypatch.setattr(run, "SECTIONS", ("fake",))
+    monkeypatch.setattr(run.importlib, "import_module", lambda name: section)
+    monkeypatch.setattr(provenance, "Staleness", lambda: lambda name, row, group=None: (
+        "stale: old" if row.get("old") else None))
+    stored = {"rows": [{"method": "m", "value": 0, "old": True, "commit": "a"},
+                       {"method": "m", "value": 1, "commit": "b"}], "meta": {}}
+    (tmp_path / "fake.json").write_text(json.dumps(stored))
+    run.main(["--only", "fake", "--stale-only", "--out", str(tmp_path)])
+    resume, previous = section.calls[-1]
+    if partial:  # only the stale row is dropped, and the section skips what is still stored
+        assert resume and [r["value"] for r in previous["rows"]] == [1]
+    else:
+        assert not resume and previous is None
+    saved = json.loads((tmp_path / "fake.json").read_text())
+    assert all(r["commit"] for r in saved["rows"]) and saved["meta"]["versions"]["python"]
+    # Nothing stale any more: a second --stale-only run leaves the section alone.
+    fresh = [r for r in saved["rows"] if not r.get("old")]
+    (tmp_path / "fake.json").write_text(json.dumps({**saved, "rows": fresh}))
+    run.main(["--only", "fake", "--stale-only", "--out", str(tmp_path)])
+    assert len(section.calls) == 1
