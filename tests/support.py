@@ -51,9 +51,16 @@ def top_magnitude_masks(arrays, keep):
     kept = np.zeros(flat.size, bool)
     kept[order[:keep]] = True
     kept &= flat != 0
-    masks, start = [], 0
-    for a in arrays:
-        size = int(np.prod(np.shape(a)))
-        masks.append(kept[start:start + size].reshape(np.shape(a)))
-        start += size
-    return masks
+    ends = np.cumsum([np.size(a) for a in arrays])[:-1]
+    return [part.reshape(np.shape(a)) for part, a in zip(np.split(kept, ends), arrays)]
+
+
+class Trajectory(keras.callbacks.Callback):
+    """Records every weight of the model after every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([keras.ops.convert_to_numpy(w) for w in self.model.weights])

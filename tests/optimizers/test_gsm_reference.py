@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import keras_sparse_momentum as ksm
-from support import top_magnitude_masks
+from support import Trajectory, top_magnitude_masks
 
 STEPS_PER_EPOCH, EPOCHS, BATCH = 4, 5, 16
 TOTAL = STEPS_PER_EPOCH * EPOCHS  # micro-batches: Keras counts each one as an iteration
@@ -111,15 +111,6 @@ def _reference(weights, x, y, accumulation=1, clipnorm=None):
     return trajectory, final, min(gaps)
 
 
-class _Trajectory(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.steps = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps.append([keras.ops.convert_to_numpy(w) for w in self.model.weights])
-
-
 def _fit(policy="float32", **options):
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
@@ -132,7 +123,7 @@ def _fit(policy="float32", **options):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**6,
                                                         dynamic_growth_steps=10_000)
     model.compile(optimizer=optimizer, loss="mse")
-    trajectory = _Trajectory()
+    trajectory = Trajectory()
     x, y = _data()
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
               callbacks=[trajectory])
