@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -184,7 +185,7 @@ def _changed_lines(diff):
     return "\n".join(removed), "\n".join(added)
 
 
-def run_module(name, max_children, root, recheck=False):
+def run_module(name, max_children, root, recheck=False, max_minutes=None):
     """mutmut on one module; with `recheck`, only its stored survivors, in the kept workdir.
 
     `recheck` is for after adding tests: the tests are copied in again and mutmut
@@ -210,11 +211,18 @@ def run_module(name, max_children, root, recheck=False):
     mutmut = [str(Path(sys.executable).parent / "mutmut")]
     started = datetime.datetime.now()
     with open(work / "mutmut.log", "a") as log:
-        proc = subprocess.run([*mutmut, "run", "--max-children", str(max_children), *survivors],
-                              cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*mutmut, "run", "--max-children", str(max_children), *survivors],
+                                cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=max_minutes * 60 if max_minutes else None)
+        except subprocess.TimeoutExpired:  # stop mutmut and its workers; keep what it checked
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            code = 0
     meta = work / "mutants" / (path + ".meta")
-    if proc.returncode != 0 or not meta.exists():
-        raise SystemExit(f"mutmut failed for {name} (exit {proc.returncode}): see {work / 'mutmut.log'}")
+    if code != 0 or not meta.exists():
+        raise SystemExit(f"mutmut failed for {name} (exit {code}): see {work / 'mutmut.log'}")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
     counts = {column: 0 for column in COLUMNS}
     survivors = []
@@ -274,20 +282,24 @@ def render(scores, reasons):
         "a missing test. \"survivors rechecked\": tests were added after the run and only the",
         "survivors were run again (`--recheck`).",
         "",
-        "| module | file | killed | survived | timeout | other | total | score | commit | date |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| module | file | killed | survived | timeout | not checked | other | total "
+        "| score (of checked) | commit | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = [m for m in MODULES if m in scores] + sorted(set(scores) - set(MODULES))
     for name in order:
         s = scores[name]
         c = s["counts"]
-        other = s["total"] - c.get("killed", 0) - c.get("survived", 0) - c.get("timeout", 0)
+        unchecked = c.get("not checked", 0)
+        other = (s["total"] - c.get("killed", 0) - c.get("survived", 0) - c.get("timeout", 0)
+                 - unchecked)
         caught = c.get("killed", 0) + c.get("timeout", 0)
-        score = f"{100 * caught / s['total']:.1f} %" if s["total"] else "-"
+        checked = s["total"] - unchecked
+        score = f"{100 * caught / checked:.1f} %" if checked else "-"
         commit = s["commit"] + (" (dirty)" if s["dirty"] else "")
         lines.append(f"| {name} | `{s['path']}` | {c.get('killed', 0)} | {c.get('survived', 0)} "
-                     f"| {c.get('timeout', 0)} | {other} | {s['total']} | {score} | {commit} "
-                     f"| {s['date']} |")
+                     f"| {c.get('timeout', 0)} | {unchecked} | {other} | {s['total']} | {score} "
+                     f"| {commit} | {s['date']} |")
     missing = [m for m in MODULES if m not in scores]
     if missing:
         lines += ["", "Not measured yet: " + ", ".join(f"`{m}`" for m in missing) + "."]
@@ -323,6 +335,9 @@ def main(argv=None):
                         help="mutants run at once (default 1: the machine is shared)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ksm-mutation")
     parser.add_argument("--render", action="store_true", help="run nothing: rewrite MUTATION.md")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop a module's run after this long and store what was checked "
+                             "(the rest counts as 'not checked')")
     parser.add_argument("--recheck", action="store_true",
                         help="after adding tests: rerun only the stored survivors (needs the "
                              "module's kept workdir)")
@@ -334,7 +349,8 @@ def main(argv=None):
     if not opts.render:
         for name in names:
             print(f"== {name}", flush=True)
-            result = run_module(name, opts.max_children, opts.workdir, opts.recheck)
+            result = run_module(name, opts.max_children, opts.workdir, opts.recheck,
+                                opts.max_minutes)
             scores, _ = load()
             scores[name] = result
             SCORES.write_text(json.dumps(scores, indent=1, ensure_ascii=False) + "\n")
