@@ -57,7 +57,9 @@ class GSMMomentum(base.PruningSGD):
 
     - `ramp_steps`: the active count falls from `N` to `Q` along the cubic
       schedule of Zhu & Gupta (the one tfmot's `PolynomialDecay` uses) by
-      optimizer step `ramp_steps`, so the network adapts gradually; with
+      step `ramp_steps` (steps count batches, as Keras's learning-rate
+      schedules do, also with `gradient_accumulation_steps`), so the network
+      adapts gradually; with
       `ramp_begin_step` every weight stays active (plain momentum SGD) until
       that step, so the first weights to go are ranked by trained rather than
       random magnitudes (the cubic schedule removes the most at its start).
@@ -175,7 +177,7 @@ class GSMMomentum(base.PruningSGD):
     @classmethod
     def for_budget(cls, total_steps, compression=None, sparsity=None, warmup_cosine=True,
                    **kwargs):
-        """GSM set up to finish pruning within `total_steps` optimizer steps.
+        """GSM set up to finish pruning within `total_steps` steps (batches).
 
         The recipe of the class docstring: every weight trains for the first
         tenth, the active count then ramps to `Q` by half-way, passive
