@@ -40,12 +40,6 @@ from keras_sparse_momentum.surgery.strip import max_relative_error  # noqa: E402
 from benchmarks.tflite_timing import tflite_bytes, tflite_latency  # noqa: E402
 
 WIDTHS = (16, 16, 32, 32, 64)
-# Why rows lose, printed under the table by benchmarks/structured.py.
-WHY = (
-    "aofp does not beat training its own widths from scratch (scratch) or C-SGD at equal FLOPs: "
-    "with six epochs the search prunes until about epoch 3 and the pruned net has half the "
-    "budget to recover, while scratch trains the small net for all of it.",
-)
 FULL = dict(epochs=6, train=8000, targets=(0.5, 0.3), iters_per_half=6, measure_every=2,
             rounds=11, invokes=50)
 QUICK = dict(epochs=3, train=2000, targets=(0.5,), iters_per_half=4, measure_every=2,
@@ -123,7 +117,8 @@ def run(quick=False):
     dense.set_weights(initial)
     dense_macs = ksm.sparsity_report(dense).dense_macs
     dense_time = _train(dense, data, cfg["epochs"])
-    rows = [dict(model="dense", target="", flops_kept=1.0, accuracy=_accuracy(dense, data),
+    rows = [dict(model="dense", target="", epochs=cfg["epochs"], flops_kept=1.0,
+                 accuracy=_accuracy(dense, data),
                  widths="-".join(map(str, WIDTHS)), fit_s=dense_time, time_vs_dense=1.0,
                  measure_share="", measurements="")]
     shipped = [dense]  # the model each row ships, for its TFLite size and latency
@@ -141,7 +136,7 @@ def run(quick=False):
         widths = [slim.get_layer(f"conv{i}").filters for i in range(len(WIDTHS))]
         last = max((e["step"] for e in aofp.events), default=0)
         rows.append(dict(
-            model="aofp", target=target,
+            model="aofp", target=target, epochs=cfg["epochs"],
             flops_kept=ksm.sparsity_report(slim).dense_macs / dense_macs,
             accuracy=_accuracy(slim, data), widths="-".join(map(str, widths)),
             fit_s=seconds, time_vs_dense=seconds / dense_time,
@@ -153,7 +148,7 @@ def run(quick=False):
         scratch = vgg(widths)
         seconds = _train(scratch, data, cfg["epochs"])
         rows.append(dict(
-            model="scratch", target=target,
+            model="scratch", target=target, epochs=cfg["epochs"],
             flops_kept=ksm.sparsity_report(scratch).dense_macs / dense_macs,
             accuracy=_accuracy(scratch, data), widths="-".join(map(str, widths)),
             fit_s=seconds, time_vs_dense=seconds / dense_time, measure_share="", measurements="",
@@ -168,7 +163,7 @@ def run(quick=False):
         slim = ksm.strip(model, plan)
         widths = [slim.get_layer(f"conv{i}").filters for i in range(len(WIDTHS))]
         rows.append(dict(
-            model="csgd", target=target,
+            model="csgd", target=target, epochs=cfg["epochs"],
             flops_kept=ksm.sparsity_report(slim).dense_macs / dense_macs,
             accuracy=_accuracy(slim, data), widths="-".join(map(str, widths)),
             fit_s=seconds, time_vs_dense=seconds / dense_time, measure_share="", measurements="",

@@ -98,7 +98,8 @@ def step_times(name, settings):
     rows = []
     for (opt_name, xla), ts in times.items():
         rs = np.array(ratios[(opt_name, xla)] or [1.0])
-        rows.append(dict(model=name, optimizer=opt_name, xla=xla,
+        rows.append(dict(model=name, optimizer=opt_name, xla=xla, compression=COMPRESSION[name],
+                         batch=config.BATCH,
                          step_ms=float(np.median(ts) * 1e3),
                          ratio=float(np.median(rs)),
                          ratio_q1=float(np.percentile(rs, 25)),
@@ -124,7 +125,7 @@ def selection_times(settings):
             start = time.perf_counter()
             fns[n](inputs[n]).numpy()
             times[n].append(time.perf_counter() - start)
-    return [dict(params=n, ms=float(np.median(ts) * 1e3),
+    return [dict(params=n, k=math.ceil(n / 60), ms=float(np.median(ts) * 1e3),
                  ns_per_param=float(np.median(ts) / n * 1e9)) for n, ts in times.items()]
 
 
@@ -164,37 +165,45 @@ def run(opts, previous=None):
 
 
 def render(results, out):
+    steps = results["steps"]
+    setup = "; ".join(f"{models.TITLES[m]} at {c}x" for m, c in dict.fromkeys(
+        (r["model"], r["compression"]) for r in steps))
+    batches = "/".join(sorted({str(r["batch"]) for r in steps}))
     lines = [
         "### Train-step time relative to Keras SGD (same model, batch "
-        f"{config.BATCH}, median over interleaved rounds)",
+        f"{batches}, median over interleaved rounds)",
         "",
         "`train_on_batch` on one fixed batch (its Python overhead, the same for every "
-        "optimizer, is included). LeNet-5 on MNIST images at 125x; ResNet-20 on "
-        "random 32x32x3 images at 10x. Ratio = optimizer block time / the SGD block "
-        "timed right next to it; median and [q1, q3] over rounds. XLA on CPU is slower than "
-        "TensorFlow's oneDNN kernels for convolutions here, hence the larger XLA step times.",
+        f"optimizer, is included): {setup} (LeNet models on MNIST images, ResNet-20 on random "
+        "32x32x3 images). Ratio = optimizer block time / the SGD block timed right next to "
+        "it; median and [q1, q3] over rounds (SGD itself is the reference). XLA on CPU is "
+        "slower than TensorFlow's oneDNN kernels for convolutions here, hence the larger XLA "
+        "step times.",
         "",
-        "| model | optimizer | XLA | step ms | ratio to SGD | [q1, q3] | rounds x steps |",
-        "|---|---|---|---|---|---|---|",
+        "| model | optimizer | XLA | step ms | ratio to SGD | [q1, q3] | rounds x steps | stale |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["steps"]:
+    for r in steps:
+        ratio = ("(reference) | " if r["optimizer"] == "sgd"
+                 else f"{r['ratio']:.3f} | [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}]")
         lines.append(
             f"| {models.TITLES[r['model']]} | {r['optimizer']} | {'on' if r['xla'] else 'off'} "
-            f"| {r['step_ms']:.2f} | {r['ratio']:.3f} | [{r['ratio_q1']:.3f}, "
-            f"{r['ratio_q3']:.3f}] | {r['rounds']} x {r['steps_per_block']} |")
+            f"| {r['step_ms']:.2f} | {ratio} | {r['rounds']} x {r['steps_per_block']} "
+            f"| {r.get('stale') or ''} |")
     sel = results["selection"]
     lines += [
         "",
-        "### Global selection (`kth_largest`, exact k-th largest of N scores, k = N/60, "
+        "### Global selection (`kth_largest`, exact k-th largest of N scores, "
         "tf.function(jit_compile=True))",
         "",
-        "| parameters | ms per selection | ns per parameter | time / time at smallest "
-        "| size / smallest |",
-        "|---|---|---|---|---|",
+        "| parameters | k | ms per selection | ns per parameter | time / time at smallest "
+        "| size / smallest | stale |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sel:
-        lines.append(f"| {r['params']:,} | {r['ms']:.2f} | {r['ns_per_param']:.2f} "
-                     f"| {r['ms'] / sel[0]['ms']:.2f} | {r['params'] / sel[0]['params']:.0f} |")
+        lines.append(f"| {r['params']:,} | {r['k']:,} | {r['ms']:.2f} | {r['ns_per_param']:.2f} "
+                     f"| {r['ms'] / sel[0]['ms']:.2f} | {r['params'] / sel[0]['params']:.0f} "
+                     f"| {r.get('stale') or ''} |")
     plots.selection_plot([r["params"] for r in sel], [r["ms"] for r in sel],
                          out / "selection_scaling.png")
     lines += ["", "![selection time vs parameters](selection_scaling.png)"]
@@ -202,12 +211,43 @@ def render(results, out):
         "",
         "### Optimizer state memory relative to SGD (bytes of the optimizer's variables)",
         "",
-        "| model | optimizer | state bytes | ratio to SGD |",
-        "|---|---|---|---|",
+        "| model | optimizer | state bytes | ratio to SGD | stale |",
+        "|---|---|---|---|---|",
     ]
     for r in results["memory"]:
         lines.append(f"| {models.TITLES[r['model']]} | {r['optimizer']} | {r['bytes']:,} "
-                     f"| {r['ratio']:.3f} |")
+                     f"| {r['ratio']:.3f} | {r.get('stale') or ''} |")
     for note in results.get("notes", []):
         lines += ["", f"Note: {note}"]
     return "\n".join(lines)
+
+
+README_TITLE = "Cost"
+NAMES = {"gsm_short": "GSM (for_budget's options)", "gsm_paper": "GSM (paper constants)",
+         "proxnag": "ProxNAG"}
+
+
+def readme(results):
+    """Step-time ratios with XLA, selection scaling and state memory, as stored."""
+    steps = [r for r in results["steps"] if r["optimizer"] != "sgd"]
+    parts = []
+    for xla in (True, False):
+        found = [r for r in steps if r["xla"] == xla]
+        if not found:
+            continue
+        by = "; ".join(
+            f"{NAMES.get(o, o)} " + ", ".join(f"{r['ratio']:.2f} on {models.TITLES[r['model']]}"
+                                              for r in found if r["optimizer"] == o)
+            for o in dict.fromkeys(r["optimizer"] for r in found))
+        parts.append(f"{'with' if xla else 'without'} XLA: {by}")
+    sel = results["selection"]
+    scaling = ", ".join(f"{r['ms']:.1f} ms at {r['params']:,}" for r in sel)
+    growth = (f"{sel[-1]['ms'] / sel[0]['ms']:.1f}x the time for {sel[-1]['params'] / sel[0]['params']:.0f}x "
+              "the parameters" if len(sel) > 1 else "")
+    memory = ", ".join(f"{NAMES.get(r['optimizer'], r['optimizer'])} {r['ratio']:.2f}x on "
+                       f"{models.TITLES[r['model']]}" for r in results["memory"]
+                       if r["optimizer"] != "sgd")
+    return (f"**{README_TITLE}** (steps of the same model timed in alternating blocks, "
+            "median ratio of each optimizer's step to Keras momentum SGD's): "
+            + "; ".join(parts) + f". The global selection takes {scaling} ({growth}). "
+            f"Optimizer state relative to SGD's: {memory}.")

@@ -74,13 +74,6 @@ LEARNING_RATE = 0.05
 # The paper's 3e-3 needs ~100x the steps of this budget. Measured on `reduced`, 3+3 epochs:
 # 0.1 -> stripped 98.15 % (dense 98.45 %), 1.0 -> 97.60 % (clusters collapse at once).
 CENTRIPETAL_STRENGTH = 0.1
-# Why rows lose, printed under the table by benchmarks/structured.py.
-WHY = (
-    "aofp_stripped matches C-SGD's accuracy and FLOPs but runs 1.35x slower on LiteRT, "
-    "probably because its widths are irregular (e.g. 3, 5, 9, 17, 46 channels), which vectorise worse than C-SGD's "
-    "halved ones. (Before AOFP re-estimated BatchNorm statistics after pruning, this row "
-    "measured 22.9 %: the moving statistics had fallen behind the pruned activations.)",
-)
 # AOFP as in aofp_cnn.py: the paper's CIFAR thresh, relaxed when no layer can
 # prune (thresh_growth) so that the target is reachable within the budget.
 AOFP_SETTINGS = dict(thresh=0.01, thresh_growth=2.0, iters_per_half=6, measure_every=2,
@@ -244,6 +237,7 @@ def run(quick=False, config=None, epochs=None):
                                              y_train[: cfg["batch"]], cfg["rounds"], cfg["steps"])
 
     dense_macs = macs(dense)
+    conv = keras.layers.Conv2D
     rows = []
     for i, (key, model) in enumerate(models.items()):
         rows.append({
@@ -260,6 +254,7 @@ def run(quick=False, config=None, epochs=None):
             "cluster_distance_before_merge": (
                 optimizer.last_cluster_distance if key == "csgd_stripped" else None),
             "strip_max_rel_error": strip_errors.get(key),
+            "conv_widths": "-".join(str(l.filters) for l in model.layers if isinstance(l, conv)),
             "conditions": condition,
         })
     return rows

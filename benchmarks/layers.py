@@ -36,9 +36,10 @@ def run(opts, previous=None):
         tfmot_jobs = [j for j in missing if j["method"] == "tfmot"]
         if tfmot_jobs:
             found += [{**j, **r} for j, r in zip(tfmot_jobs, accuracy.run_tfmot_jobs(tfmot_jobs))]
-    return {"records": [{k: r[k] for k in ("model", "method", "compression", "seed", "epochs",
-                                            "train_limit", "layers", "sparsity")}
-                        for r in found]}
+    # Records taken from accuracy.json keep their commit: they were measured then.
+    keys = ("model", "method", "compression", "seed", "epochs", "train_limit", "layers",
+            "sparsity", "commit", "dirty")
+    return {"records": [{k: r[k] for k in keys if k in r} for r in found]}
 
 
 def _plan_opts(opts):
@@ -79,8 +80,36 @@ def render(results, out):
             lines.append(f"| {layer} | {size:,} | " + " | ".join(cells) + " |")
         lines.append("| total | " + f"{sum(s for _, s, _ in layer_rows):,} | " + " | ".join(
             f"{100 - 100 * rs[m]['sparsity']:.2f}" for m in methods) + " |")
+        stale = [f"{accuracy.LABELS[m]}: {rs[m]['stale']}" for m in methods if rs[m].get("stale")]
+        if stale:
+            lines += ["", "Stale: " + "; ".join(stale) + "."]
         name = f"layers_{model}.png"
         plots.layer_bars(series, f"{models.TITLES[model]} at {compression}x: weights kept per layer",
                          out / name)
         lines += ["", f"![per-layer density, {models.TITLES[model]}]({name})"]
+    return "\n".join(lines)
+
+
+README_TITLE = "Per-layer sparsity"
+
+
+def readme(results):
+    """Where GSM and tfmot keep weights in the smallest layer, per stored model."""
+    sentences = []
+    for model, compression in dict.fromkeys((r["model"], r["compression"])
+                                            for r in results["records"]):
+        rs = {r["method"]: r for r in results["records"]
+              if r["model"] == model and r["compression"] == compression}
+        if not {"gsm_short", "tfmot"} <= set(rs) or not rs["gsm_short"]["layers"]:
+            continue
+        i = min(range(len(rs["gsm_short"]["layers"])), key=lambda j: rs["gsm_short"]["layers"][j][1])
+        name, size, _ = rs["gsm_short"]["layers"][i]
+        kept = {m: 100 * rs[m]["layers"][i][2] / size for m in ("gsm_short", "tfmot")}
+        sentences.append(f"{models.TITLES[model]} at {compression}x: in its smallest layer "
+                         f"({name}, {size:,} weights) GSM keeps {kept['gsm_short']:.2f} % of the "
+                         f"weights, tfmot's uniform split {kept['tfmot']:.2f} %.")
+    lines = [f"**{README_TITLE}** (GSM's global selection vs tfmot's uniform split): "
+             + (" ".join(sentences) or "no GSM and tfmot pair stored.")]
+    if any(r["model"] == "lenet300" for r in results["records"]):
+        lines += ["", "![per-layer sparsity, GSM vs tfmot](benchmarks/results/layers_lenet300.png)"]
     return "\n".join(lines)

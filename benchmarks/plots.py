@@ -5,6 +5,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# No "Software" (matplotlib version) chunk: the same stored numbers give the same
+# bytes with the same matplotlib and fonts.
+PNG_METADATA = {"Software": None}
+
 
 def accuracy_plot(rows, title, labels, path):
     """Test accuracy vs compression per method, mean with min-max bars; dense as a line."""
@@ -27,7 +31,7 @@ def accuracy_plot(rows, title, labels, path):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return True
 
@@ -50,7 +54,7 @@ def layer_bars(series, title, path):
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -65,5 +69,5 @@ def selection_plot(sizes, millis, path):
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)

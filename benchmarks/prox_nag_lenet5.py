@@ -192,7 +192,9 @@ def run(opts, previous=None):
                    "pretrain_epochs": settings["pretrain_epochs"],
                    "frequency": settings["frequency"],
                    "end_step": _end_step(arrays, settings["epochs"]),
-                   "train_limit": settings["train_limit"], "test_limit": settings["test_limit"]}
+                   "train_limit": settings["train_limit"], "test_limit": settings["test_limit"],
+                   "learning_rate": LR, "momentum": MOMENTUM, "batch": BATCH,
+                   "images": [len(arrays[0]), len(arrays[2])]}
             weights = pretrain(arrays, variant, seed, settings["pretrain_epochs"])
             batch = [prune("dense", 0.0, weights, arrays, job)]
             for target in settings["targets"]:
@@ -225,7 +227,8 @@ def summarize(records):
             sparsity_hi=float(sparsity.max()),
             reached=(sum(r["rounds_reached"] for r in rs) if method == "prox" else None),
             epochs=rs[0]["epochs"], pretrain_epochs=rs[0]["pretrain_epochs"],
-            train_limit=rs[0]["train_limit"]))
+            train_limit=rs[0]["train_limit"], settings=rs[0],
+            stale=sorted({r["stale"] for r in rs if r.get("stale")})))
     order = {m: i for i, m in enumerate(LABELS)}
     return sorted(rows, key=lambda r: (list(VARIANTS).index(r["variant"]), r["target"],
                                        order[r["method"]]))
@@ -239,21 +242,21 @@ def render(results, out):
     rows = summarize(results["records"])
     if not rows:
         return "No runs stored."
-    first = rows[0]
-    images = f"{first['train_limit']:,}" if first["train_limit"] else "8,000"
+    first = rows[0]["settings"]
     lines = [
         f"Each seed trains a LeNet-5 from scratch for {first['pretrain_epochs']} epochs "
-        f"(Nesterov SGD, lr {LR}, momentum {MOMENTUM}, batch {BATCH}, {images} training "
-        f"images); every method then fine-tunes those same weights for {first['epochs']} "
-        "epochs with the same optimizer settings. ProxNAG's l1 is set by the callback "
+        f"(Nesterov SGD, lr {first['learning_rate']}, momentum {first['momentum']}, batch "
+        f"{first['batch']}, {first['images'][0]:,} training images); every method then fine-tunes "
+        f"those same weights for {first['epochs']} epochs with the same optimizer settings "
+        f"(tested on {first['images'][1]:,} images). ProxNAG's l1 is set by the callback "
         "(never by hand); 'L1 rounds reached' counts runs whose L1 rounds met the target "
         "before the final trim to exactly the target. Mean ± sample std over n seeds "
         "[min, max]; 'vs GMP' is the difference from magnitude pruning at the same target. "
         "A row more than 0.3 points below the best pruned method keeps its place with a reason.",
         "",
         "| model | target sparsity | method | n | test acc % | [min, max] | reached sparsity % "
-        "| L1 rounds reached | vs GMP | why it loses |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| L1 rounds reached | vs GMP | why it loses | stale |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gmp = next((g for g in rows if g["variant"] == r["variant"]
@@ -269,10 +272,53 @@ def render(results, out):
         lines.append(
             f"| {VARIANTS[r['variant']]} | {target} | {LABELS[r['method']]} | {r['n']} "
             f"| {r['mean']:.2f} ± {r['std']:.2f} | [{r['lo']:.2f}, {r['hi']:.2f}] | {sparsity} "
-            f"| {reached} | {vs} | {_reason(r) if loses else ''} |")
+            f"| {reached} | {vs} | {_reason(r) if loses else ''} | {'; '.join(r['stale'])} |")
     step = results.get("step_time")
     if step:
         lines += ["", f"Step time with XLA on the plain LeNet-5, interleaved: ProxNAG "
                   f"{step['prox'] * 1e3:.2f} ms, Keras Nesterov SGD {step['sgd'] * 1e3:.2f} ms, "
                   f"ratio {step['ratio']:.3f}."]
     return "\n".join(lines)
+
+
+README_TITLE = "ProxNAG from a trained LeNet-5"
+
+
+def readme(results):
+    """Targets reached, and ProxNAG against GMP and tfmot per variant, from the stored runs."""
+    rows = summarize(results["records"])
+    if not rows:
+        return f"**{README_TITLE}**: no runs stored."
+    first = rows[0]["settings"]
+    prox = [r for r in results["records"] if r["method"] == "prox"]
+    exact = sum(abs(r["sparsity"] - r["target"]) < 5e-5 for r in prox)
+    rounds = sum(bool(r.get("rounds_reached")) for r in prox)
+    targets = sorted({r["target"] for r in prox})
+    lines = [
+        f"**{README_TITLE}** (`--only prox_nag_lenet5`: {first['pretrain_epochs']} epochs of "
+        f"training, then {first['epochs']} epochs for every method, "
+        f"{max(r['n'] for r in rows)} seeds): `PruneToRatio` with ProxNAG reached exactly "
+        + " / ".join(f"{100 * t:.0f}" for t in targets) + f" % in {exact} of {len(prox)} runs "
+        f"without anyone setting `l1`, its L1 rounds meeting the target by themselves in "
+        f"{rounds} of {len(prox)}."
+    ]
+    for variant, title in VARIANTS.items():
+        found = [r for r in rows if r["variant"] == variant]
+        if not found:
+            continue
+
+        def means(method, found=found):
+            return " / ".join(f"{r['mean']:.2f}" for r in found if r["method"] == method)
+
+        wins = [r for r in found if r["method"] == "prox" and r["mean"] >= max(
+            p["mean"] for p in found if p["method"] != "dense" and p["target"] == r["target"])]
+        dense = next((r for r in found if r["method"] == "dense"), None)
+        lines.append(
+            f"{title}: ProxNAG {means('prox')} % against GMP {means('gmp')} and tfmot "
+            f"{means('tfmot')}" + (f" (dense {dense['mean']:.2f})" if dense else "")
+            + f"; ProxNAG is the best method at {len(wins)} of "
+            f"{sum(r['method'] == 'prox' for r in found)} targets.")
+    step = results.get("step_time")
+    if step:
+        lines.append(f"ProxNAG's step costs {step['ratio']:.2f}x Keras's Nesterov SGD (XLA).")
+    return " ".join(lines)

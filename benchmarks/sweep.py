@@ -17,7 +17,6 @@ import math
 import numpy as np
 
 from benchmarks import accuracy, config, models
-from keras_sparse_momentum.schedules import warmup_cosine
 
 NAME = "sweep"
 TITLE = "Headline rows, learning rate swept: GSM for_budget vs dense (same schedule)"
@@ -41,6 +40,7 @@ def plan(opts):
                 for lr in rates:
                     jobs.append(dict(
                         model=model, method=method, learning_rate=lr, seed=seed,
+                        momentum=config.SGD["momentum"], batch=config.BATCH,
                         compression=1 if method == "dense" else settings["compression"],
                         epochs=config.QUICK["epochs"] if quick else config.EPOCHS,
                         frequency=config.QUICK["frequency"] if quick else config.GMP["frequency"],
@@ -55,12 +55,13 @@ def _train(job, arrays):
     import keras
 
     import keras_sparse_momentum as ksm
+    from keras_sparse_momentum.schedules import warmup_cosine
 
     x, y = arrays[:2]
     steps = math.ceil(len(x) / config.BATCH) * job["epochs"]
     keras.utils.set_random_seed(job["seed"])
     model = models.build(keras, job["model"])
-    momentum = config.SGD["momentum"]
+    momentum = job["momentum"]
     callbacks = []
     if job["method"] in ("dense", "gmp"):
         optimizer = keras.optimizers.SGD(warmup_cosine(job["learning_rate"], steps),
@@ -83,13 +84,17 @@ def run(opts, previous=None):
 
     jobs = plan(opts)
     arrays = data.load_mnist(jobs[0]["train_limit"], jobs[0]["test_limit"])
+    stored = [r for r in (previous or {}).get("records", [])
+              if r["train_limit"] == jobs[0]["train_limit"]]
+    if getattr(opts, "resume", False):  # keep every stored run, run only the missing ones
+        done = {_key(r) for r in stored}
+        jobs = [j for j in jobs if _key(j) not in done]
     planned = {_key(j) for j in jobs}
-    records = [r for r in (previous or {}).get("records", [])
-               if _key(r) not in planned and r["train_limit"] == jobs[0]["train_limit"]]
+    records = [r for r in stored if _key(r) not in planned]
     for job in jobs:
         result = accuracy.run_keras_job(job, arrays, train=_train)
         result["measured"] = datetime.datetime.now().isoformat(timespec="minutes")
-        records.append({**job, **result})
+        records.append({**job, **result, "images": [len(arrays[0]), len(arrays[2])]})
         print(f"  {job['model']:9s} {job['method']:10s} lr {job['learning_rate']:<5} "
               f"seed {job['seed']}: {100 * result['test_acc']:.2f} %", flush=True)
         opts.checkpoint({"records": records})
@@ -98,6 +103,12 @@ def run(opts, previous=None):
 
 def _key(job):
     return job["model"], job["method"], job["learning_rate"], job["seed"]
+
+
+def drop_rows(previous, stale_rows):
+    """`previous` without the stale runs (`--stale-only` reruns them with `resume`)."""
+    stale = {_key(r) for r in stale_rows}
+    return {**previous, "records": [r for r in previous["records"] if _key(r) not in stale]}
 
 
 def summarize(records):
@@ -111,34 +122,46 @@ def summarize(records):
         rows.append(dict(model=model, method=method, learning_rate=lr,
                          compression=rs[0]["compression"], n=len(rs), mean=float(acc.mean()),
                          std=float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
-                         diverged=sum(bool(r.get("diverged")) for r in rs)))
+                         diverged=sum(bool(r.get("diverged")) for r in rs),
+                         epochs=rs[0]["epochs"], momentum=rs[0].get("momentum"),
+                         batch=rs[0].get("batch"),
+                         stale=sorted({r["stale"] for r in rs if r.get("stale")})))
     order = list(LABELS)
     return sorted(rows, key=lambda r: (list(config.SWEEP).index(r["model"]),
                                        order.index(r["method"]), r["learning_rate"]))
 
 
+def _best(rows, model):
+    """The best-rate row of each method for `model`."""
+    return {m: max(found, key=lambda r: r["mean"]) for m in LABELS
+            if (found := [r for r in rows if r["model"] == model and r["method"] == m])}
+
+
 def render(results, out):
     rows = summarize(results["records"])
+    epochs = sorted({r["epochs"] for r in rows})
+    momentum = sorted({str(r["momentum"]) for r in rows})
+    batches = "/".join(sorted({str(r["batch"]) for r in rows}))
     lines = [
-        f"Same data, {config.BATCH}-image batches and epochs as the accuracy section; momentum "
-        f"{config.SGD['momentum']} (GSM with Nesterov); every method: learning rate rising "
-        "linearly from 0 over the first tenth of the steps, then a cosine to 0. Mean ± "
-        "sample std over n seeds; a diverged run counts at 10 %.",
+        f"Same data as the accuracy section, {batches}-image batches, "
+        f"{'/'.join(map(str, epochs))} epochs; momentum {'/'.join(momentum)} (GSM with "
+        "Nesterov); every method: learning rate rising linearly from 0 over the first tenth "
+        "of the steps, then a cosine to 0. Mean ± sample std over n seeds; a diverged run "
+        "counts at 10 %.",
         "",
-        "| model | method | compression | learning rate | n | diverged | test acc % |",
-        "|---|---|---|---|---|---|---|",
+        "| model | method | compression | learning rate | n | diverged | test acc % | stale |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {models.TITLES[r['model']]} | {LABELS[r['method']]} | "
                      f"{r['compression']}x | {r['learning_rate']} | {r['n']} | {r['diverged']} "
-                     f"| {r['mean']:.2f} ± {r['std']:.2f} |")
+                     f"| {r['mean']:.2f} ± {r['std']:.2f} | {'; '.join(r['stale'])} |")
     dates = [r["measured"] for r in results["records"]]
     lines += ["", f"Runs measured {min(dates)} to {max(dates)} (rows can be rerun alone with "
-              "`--sweep-methods` and `--grid`, so the date above is that of the last part).",
+              "`--sweep-methods` and `--grid`, so the section's date is that of the last part).",
               "", "Best rate against best rate:", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
-        best = {m: max(found, key=lambda r: r["mean"]) for m in LABELS
-                if (found := [r for r in rows if r["model"] == model and r["method"] == m])}
+        best = _best(rows, model)
         if not {"gsm_budget", "dense"} <= set(best):
             continue
         gsm, dense = best["gsm_budget"], best["dense"]
@@ -148,4 +171,55 @@ def render(results, out):
             f"- {models.TITLES[model]} at {gsm['compression']}x: GSM {gsm['mean']:.2f} % "
             f"(lr {gsm['learning_rate']}) vs dense {dense['mean']:.2f} % "
             f"(lr {dense['learning_rate']}): {gsm['mean'] - dense['mean']:+.2f} points{gmp}.")
+    return "\n".join(lines)
+
+
+README_TITLE = "The headline rows with for_budget's learning-rate schedule"
+SHORT = {"dense": "dense (SGD)", "gsm_budget": "GSM `for_budget`", "gmp": "GMP `PruneToRatio` + SGD"}
+
+
+def readme(results):
+    rows = summarize(results["records"])
+    lines = [
+        f"**{README_TITLE}** (`--only sweep`: linear warmup over the first tenth, then a cosine "
+        "to 0, given to every method alike; each method at its best of the peak learning "
+        "rates tried; test accuracy %, mean ± std):",
+        "",
+        "| model @ compression | seeds | " + " | ".join(SHORT.values()) + " | GSM - dense |",
+        "|---|---|" + "---|" * (len(SHORT) + 1),
+    ]
+    sentences, largest = [], []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        best = _best(rows, model)
+        top = max(best.values(), key=lambda r: r["mean"] if r["method"] != "dense" else -1)
+        cells = [(f"**{best[m]['mean']:.2f} ± {best[m]['std']:.2f}**" if best[m] is top
+                  else f"{best[m]['mean']:.2f} ± {best[m]['std']:.2f}")
+                 + f" (lr {best[m]['learning_rate']})" if m in best else "" for m in SHORT]
+        compression = max(r["compression"] for r in best.values())
+        diff = (f"{best['gsm_budget']['mean'] - best['dense']['mean']:+.2f}"
+                if {"gsm_budget", "dense"} <= set(best) else "")
+        seeds = "/".join(map(str, sorted({r["n"] for r in best.values()})))
+        lines.append(f"| {models.TITLES[model]} @ {compression}x | {seeds} | " + " | ".join(cells)
+                     + f" | {diff} |")
+        if {"gsm_budget", "dense"} <= set(best):
+            gsm, dense = best["gsm_budget"], best["dense"]
+            d = gsm["mean"] - dense["mean"]
+            text = (f"{models.TITLES[model]}: GSM is {abs(d):.2f} points "
+                    f"{'below' if d < 0 else 'above'} the best dense run, "
+                    f"{'inside' if abs(d) <= gsm['std'] else 'outside'} its seed spread "
+                    f"(± {gsm['std']:.2f})")
+            if "gmp" in best:
+                g = gsm["mean"] - best["gmp"]["mean"]
+                text += (f", and {abs(g):.2f} points {'ahead of' if g > 0 else 'behind'} "
+                         "gradual magnitude pruning given the same schedule")
+            sentences.append(text + ".")
+        for m, r in best.items():
+            tried = sorted({x["learning_rate"] for x in rows if x["model"] == model
+                            and x["method"] == m})
+            if len(tried) > 1 and r["learning_rate"] == tried[-1]:
+                largest.append(f"{SHORT[m]} on {models.TITLES[model]} ({r['learning_rate']})")
+    lines += ["", " ".join(sentences)] if sentences else []
+    if largest:
+        lines += ["", "Best at the largest peak tried, so a larger one may do better: "
+                  + ", ".join(largest) + "."]
     return "\n".join(lines)

@@ -37,3 +37,30 @@ def kernels(model):
 
 def nonzeros(variables):
     return sum(int(np.count_nonzero(keras.ops.convert_to_numpy(v))) for v in variables)
+
+
+def top_magnitude_masks(arrays, keep):
+    """Independent reference of the global cut: a full sort, not the package's partition.
+
+    The `keep` entries of largest |value| over all arrays together survive; among
+    equal magnitudes the earlier array, then the lower flat index, wins; zeros
+    never count as kept.
+    """
+    flat = np.concatenate([np.abs(np.asarray(a, np.float64)).ravel() for a in arrays])
+    order = np.lexsort((np.arange(flat.size), -flat))  # descending |value|, then index
+    kept = np.zeros(flat.size, bool)
+    kept[order[:keep]] = True
+    kept &= flat != 0
+    ends = np.cumsum([np.size(a) for a in arrays])[:-1]
+    return [part.reshape(np.shape(a)) for part, a in zip(np.split(kept, ends), arrays)]
+
+
+class Trajectory(keras.callbacks.Callback):
+    """Records every weight of the model after every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([keras.ops.convert_to_numpy(w) for w in self.model.weights])

@@ -94,7 +94,9 @@ class GSMMomentum(base.PruningSGD):
 
     - `ramp_steps`: the active count falls from `N` to `Q` along the cubic
       schedule of Zhu & Gupta (the one tfmot's `PolynomialDecay` uses) by
-      optimizer step `ramp_steps`, so the network adapts gradually; with
+      step `ramp_steps` (steps count batches, as Keras's learning-rate
+      schedules do, also with `gradient_accumulation_steps`), so the network
+      adapts gradually; with
       `ramp_begin_step` every weight stays active (plain momentum SGD) until
       that step, so the first weights to go are ranked by trained rather than
       random magnitudes (the cubic schedule removes the most at its start).
@@ -214,7 +216,7 @@ class GSMMomentum(base.PruningSGD):
     @classmethod
     def for_budget(cls, total_steps, compression=None, sparsity=None, warmup_cosine=True,
                    **kwargs):
-        """GSM set up to finish pruning within `total_steps` optimizer steps.
+        """GSM set up to finish pruning within `total_steps` steps (batches).
 
         The recipe of the class docstring: every weight trains for the first
         tenth, the active count then ramps to `Q` by half-way, passive
@@ -226,8 +228,9 @@ class GSMMomentum(base.PruningSGD):
         argument of the constructor can be passed to override the recipe.
 
         Args:
-            total_steps: int >= 1, e.g. `epochs * steps_per_epoch` (divided by
-                `gradient_accumulation_steps` if used).
+            total_steps: int >= 1, `epochs * steps_per_epoch`: Keras's
+                learning-rate schedules, and this ramp, count every batch,
+                also with `gradient_accumulation_steps`.
             compression, sparsity: as for the constructor (exactly one).
             warmup_cosine: bool, default True: schedule `learning_rate` (a
                 number) as above. False keeps `learning_rate` as given (a
@@ -267,7 +270,10 @@ class GSMMomentum(base.PruningSGD):
         total, kept = self.prunable_count, self.kept_count
         if not self.ramp_steps:
             return kept
-        elapsed = ops.cast(self.iterations, "float32") - float(self.ramp_begin_step)
+        # Counted like Keras's learning-rate schedules count steps (`_iterations`:
+        # every batch, also with gradient accumulation), so that `for_budget`'s
+        # ramp and learning rate share one clock.
+        elapsed = ops.cast(self._iterations, "float32") - float(self.ramp_begin_step)
         span = float(self.ramp_steps - self.ramp_begin_step)
         progress = ops.clip(elapsed / span, 0.0, 1.0)
         sparsity = polynomial_sparsity(progress, 0.0, 1.0 - kept / total)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_sparse_momentum as ksm
-from support import classification_data, compile_for_test, kernels, mlp, nonzeros
+from support import classification_data, compile_for_test, kernels, mlp, nonzeros, top_magnitude_masks
 
 
 def _size(variables):
@@ -29,10 +29,24 @@ class _Recorder(keras.callbacks.Callback):
         self.epoch_logs.append(dict(logs))
 
 
-def _fit(model, callback, optimizer=None, epochs=3, jit_compile=False, recorder=None):
+class _BeforeCut(keras.callbacks.Callback):
+    """Placed before PruneToRatio: the kernels at `on_train_end`, just before its cut."""
+
+    def on_train_end(self, logs=None):
+        self.values = [keras.ops.convert_to_numpy(v) for v in kernels(self.model)]
+
+
+def _assert_largest_survive(model, before, keep):
+    """Exactly the `keep` largest |w| of `before` survive (independent ranking), unchanged."""
+    for variable, value, mask in zip(kernels(model), before, top_magnitude_masks(before, keep)):
+        np.testing.assert_array_equal(variable.numpy(), np.where(mask, value, 0))
+
+
+def _fit(model, callback, optimizer=None, epochs=3, jit_compile=False, recorder=None,
+         before=None):
     x, y = classification_data()
     compile_for_test(model, optimizer or keras.optimizers.SGD(0.05, momentum=0.9), jit_compile)
-    callbacks = [callback] + ([recorder] if recorder else [])
+    callbacks = [c for c in (before, callback, recorder) if c is not None]
     history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=callbacks)
     return history
 
@@ -46,41 +60,47 @@ def test_end_schedule_leaves_exactly_ceil_n_over_c(optimizer):
     }[optimizer]
     model = mlp()
     callback = ksm.PruneToRatio(compression=17, schedule="end")
-    _fit(model, callback, optimizer)
+    before = _BeforeCut()  # after the EMA swap, when there is one
+    _fit(model, callback, optimizer, before=before)
     n = _size(kernels(model))
     assert nonzeros(kernels(model)) == math.ceil(n / 17) == callback.kept
     assert callback.reached_sparsity == pytest.approx(1 - math.ceil(n / 17) / n)
+    _assert_largest_survive(model, before.values, math.ceil(n / 17))
 
 
 def test_end_cut_keeps_the_largest_magnitudes_globally():
     model = mlp()
-    before = {}
+    before = _BeforeCut()
+    _fit(model, ksm.PruneToRatio(sparsity=0.9, schedule="end"), keras.optimizers.SGD(0.05), epochs=1,
+         before=before)
+    n = _size(kernels(model))
+    _assert_largest_survive(model, before.values, math.ceil(n * 0.1 - 1e-9))
+    # Global, not per layer: the layers end up at different densities.
+    densities = [np.count_nonzero(v.numpy()) / v.numpy().size for v in kernels(model)]
+    assert max(densities) > 1.5 * min(densities)
 
-    class Snapshot(keras.callbacks.Callback):
-        def on_train_end(self, logs=None):
-            pass
 
-    callback = ksm.PruneToRatio(sparsity=0.9, schedule="end")
-    x, y = classification_data()
-    compile_for_test(model, keras.optimizers.SGD(0.05))
-    model.fit(x, y, epochs=1, verbose=0)
-    values = np.concatenate([v.numpy().ravel() for v in kernels(model)])
-    before = np.sort(np.abs(values))[::-1]
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])  # one more epoch, then the cut
-    after = np.concatenate([v.numpy().ravel() for v in kernels(model)])
-    kept = np.abs(after[after != 0])
-    assert kept.size == math.ceil(values.size * 0.1 - 1e-9)
-    assert kept.min() >= np.sort(np.abs(after))[::-1][kept.size]  # nothing smaller kept over larger
-    assert before.size == values.size
+def test_end_cut_breaks_ties_by_variable_then_index():
+    model = mlp()
+    rng = np.random.default_rng(0)
+    for variable in kernels(model):  # a few distinct magnitudes: blocks of ties everywhere
+        variable.assign(rng.integers(-3, 4, variable.shape).astype("float32"))
+    before = _BeforeCut()
+    # A zero learning rate: the cut sees exactly these values.
+    _fit(model, ksm.PruneToRatio(compression=7, schedule="end"), keras.optimizers.SGD(0.0), epochs=1,
+         before=before)
+    n = _size(kernels(model))
+    _assert_largest_survive(model, before.values, math.ceil(n / 7))
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_polynomial_schedule_holds_masks_after_every_step(jit_compile):
     model = mlp()
-    recorder = _Recorder()
+    recorder, before = _Recorder(), _BeforeCut()
     callback = ksm.PruneToRatio(compression=10, schedule="polynomial", frequency=3, end_step=18)
-    _fit(model, callback, epochs=3, jit_compile=jit_compile, recorder=recorder)
+    _fit(model, callback, epochs=3, jit_compile=jit_compile, recorder=recorder, before=before)
     n = _size(kernels(model))
+    _assert_largest_survive(model, before.values, math.ceil(n / 10))
     assert recorder.nonzeros == sorted(recorder.nonzeros, reverse=True)  # never grows back
     for step, (count, logged) in enumerate(zip(recorder.nonzeros, recorder.logged)):
         scheduled = callback.sparsity_at(min(step - step % 3, 18))  # masks move every 3 steps
@@ -105,10 +125,14 @@ def test_polynomial_follows_zhu_and_gupta():
 
 def test_layer_scope_prunes_every_variable_alike():
     model = mlp()
-    _fit(model, ksm.PruneToRatio(compression=4, schedule="polynomial", scope="layer", frequency=2), epochs=2)
-    for variable in kernels(model):
+    before = _BeforeCut()
+    _fit(model, ksm.PruneToRatio(compression=4, schedule="polynomial", scope="layer", frequency=2),
+         epochs=2, before=before)
+    for variable, value in zip(kernels(model), before.values):
         size = int(np.prod(variable.shape))
         assert np.count_nonzero(variable.numpy()) == math.ceil(size / 4)
+        (mask,) = top_magnitude_masks([value], math.ceil(size / 4))  # ranked within the layer
+        np.testing.assert_array_equal(variable.numpy(), np.where(mask, value, 0))
 
 
 def test_functional_and_subclassed_models_and_history():

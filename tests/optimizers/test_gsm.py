@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import keras_sparse_momentum as ksm
 from keras_sparse_momentum.optimizers import gsm
-from support import classification_data, compile_for_test, kernels, mlp, nonzeros
+from support import classification_data, compile_for_test, kernels, mlp, nonzeros, top_magnitude_masks
 
 
 def _train(optimizer, epochs=3, jit_compile=False, model=None, batch_size=32, **fit_kwargs):
@@ -20,6 +20,19 @@ def _train(optimizer, epochs=3, jit_compile=False, model=None, batch_size=32, **
     compile_for_test(model, optimizer, jit_compile=jit_compile)
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, **fit_kwargs)
     return model
+
+
+class _LastEpoch(keras.callbacks.Callback):
+    """The kernels at the end of the last epoch: what GSM's final cut sees (no EMA)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values = [keras.ops.convert_to_numpy(v) for v in kernels(self.model)]
+
+
+def _assert_largest_survive(model, before, keep):
+    """Exactly the `keep` largest |w| of `before` survive (independent ranking), unchanged."""
+    for variable, value, mask in zip(kernels(model), before, top_magnitude_masks(before, keep)):
+        np.testing.assert_array_equal(variable.numpy(), np.where(mask, value, 0))
 
 
 def _weights(model):
@@ -131,9 +144,11 @@ def test_for_budget_warms_up_over_the_dense_tenth_then_decays_to_zero():
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_fit_leaves_exactly_ceil_n_over_c_nonzeros(jit_compile):
     opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=13, nesterov=True)
-    model = _train(opt, epochs=2, jit_compile=jit_compile)
+    last = _LastEpoch()
+    model = _train(opt, epochs=2, jit_compile=jit_compile, callbacks=[last])
     n = sum(int(np.prod(v.shape)) for v in kernels(model))
     assert nonzeros(kernels(model)) == math.ceil(n / 13) == opt.kept_count
+    _assert_largest_survive(model, last.values, math.ceil(n / 13))
     biases = [v for v in model.trainable_variables if v.name == "bias"]
     assert nonzeros(biases) > 0.9 * sum(int(np.prod(v.shape)) for v in biases)
 
@@ -143,6 +158,17 @@ def test_sparsity_argument_is_compression_one_over_one_minus_s():
     model = _train(opt, epochs=1)
     n = sum(int(np.prod(v.shape)) for v in kernels(model))
     assert nonzeros(kernels(model)) == math.ceil(n * 0.1 - 1e-9)
+
+
+def test_final_cut_breaks_ties_by_variable_then_index():
+    model = mlp()
+    rng = np.random.default_rng(1)
+    for variable in kernels(model):  # a few distinct magnitudes: blocks of ties everywhere
+        variable.assign(rng.integers(-3, 4, variable.shape).astype("float32"))
+    before = [v.numpy() for v in kernels(model)]
+    opt = ksm.GSMMomentum(0.0, momentum=0.9, weight_decay=0.0, compression=9)  # nothing moves
+    model = _train(opt, epochs=1, model=model)
+    _assert_largest_survive(model, before, opt.kept_count)
 
 
 def test_ramp_reaches_the_target_and_passive_decay_shrinks_passive_weights():
@@ -183,8 +209,10 @@ def test_subclassed_model_is_pruned():
             return self.out(self.hidden(x))
 
     opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=20)
-    model = _train(opt, model=Net(), epochs=1)
+    last = _LastEpoch()
+    model = _train(opt, model=Net(), epochs=1, callbacks=[last])
     assert nonzeros(kernels(model)) == math.ceil((16 * 32 + 32 * 4) / 20)
+    _assert_largest_survive(model, last.values, math.ceil((16 * 32 + 32 * 4) / 20))
 
 
 # -- the Keras feature matrix -------------------------------------------------
@@ -247,6 +275,14 @@ def test_mirrored_strategy_on_two_cpus_equals_one_device():
     assert nonzeros(kernels(mirrored)) == nonzeros(kernels(single))
 
 
+class _GradientKinds(ksm.GSMMomentum):
+    """GSMMomentum that records the types of the gradients `fit` hands to it."""
+
+    def apply(self, grads, trainable_variables=None):
+        self.kinds = [type(g).__name__ for g in grads]
+        return super().apply(grads, trainable_variables)
+
+
 def test_sparse_embedding_gradients_work():
     model = keras.Sequential(
         [keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 8),
@@ -258,11 +294,13 @@ def test_sparse_embedding_gradients_work():
     compile_for_test(model, opt, jit_compile=False)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert nonzeros(kernels(model)) == math.ceil(40 * 4 / 4)
-    embed = ksm.GSMMomentum(0.05, momentum=0.9, compression=4,
-                            prunable=lambda v: v.name in ("kernel", "embeddings"))
+    embed = _GradientKinds(0.05, momentum=0.9, compression=4, name="recording_gsm",
+                           prunable=lambda v: v.name in ("kernel", "embeddings"))
     model2 = keras.models.clone_model(model)
     compile_for_test(model2, embed)
     model2.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    # The sparse path was taken: the embedding's gradient reached GSM as IndexedSlices.
+    assert embed.kinds[0] == "IndexedSlices" and "IndexedSlices" not in embed.kinds[1:]
     assert nonzeros(model2.trainable_variables[:1] + kernels(model2)) == math.ceil((400 + 160) / 4)
 
 

@@ -9,18 +9,7 @@ import tensorflow as tf
 
 import keras_sparse_momentum as ksm
 from keras_sparse_momentum.optimizers.prox_nag import soft_threshold
-from support import classification_data, compile_for_test, kernels, mlp, nonzeros
-
-
-class _Trajectory(keras.callbacks.Callback):
-    """Records every weight after every step (the extrapolated point `w` for ProxNAG)."""
-
-    def __init__(self):
-        super().__init__()
-        self.steps = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps.append([keras.ops.convert_to_numpy(w) for w in self.model.weights])
+from support import Trajectory, classification_data, compile_for_test, kernels, mlp, nonzeros
 
 
 def _train(optimizer, epochs=2, jit_compile=False, model=None, n=128, **fit_kwargs):
@@ -28,7 +17,7 @@ def _train(optimizer, epochs=2, jit_compile=False, model=None, n=128, **fit_kwar
     model = model or mlp()
     x, y = classification_data(n=n)
     compile_for_test(model, optimizer, jit_compile=jit_compile)
-    trajectory = _Trajectory()
+    trajectory = Trajectory()  # the extrapolated point `w` for ProxNAG
     model.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0,
               callbacks=[trajectory], **fit_kwargs)
     return model, trajectory.steps

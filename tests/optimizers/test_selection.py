@@ -35,6 +35,15 @@ def test_ties_zeros_and_denormals():
         _check(values, k, _xla)
 
 
+def test_the_smallest_subnormals_are_not_taken_for_zeros():
+    # float32 bit patterns 1 and 2 (1.4e-45, 2.8e-45) sit next to the zeros' pattern 0.
+    tiny = np.array([1, 2], np.int32).view(np.float32)
+    values = np.array([0.0, tiny[0], 0.0, tiny[1], 0.0, tiny[0]], np.float32)
+    for k, expected in [(1, tiny[1]), (2, tiny[0]), (3, tiny[0]), (4, 0.0), (6, 0.0)]:
+        for fn in (kth_largest, _xla):
+            assert float(fn(tf.constant(values), k)) == expected, (k, fn)
+
+
 def test_nan_and_inf_rank_above_everything():
     values = np.array([np.nan, 1.0, 2.0, np.inf, 0.0], np.float32)
     assert np.isnan(float(kth_largest(tf.constant(values), 1)))
