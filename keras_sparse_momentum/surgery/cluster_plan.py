@@ -216,7 +216,7 @@ class ClusterPlan:
                 clusters = kmeans_lib.kmeans(features(space), kept, seed=seed)
             groups.append(ClusterGroup(names, space.width, clusters, space.unit))
         if not groups:
-            reasons = "; ".join(f"{n}: {r}" for n, r in skipped) or "no Dense/Conv layer"
+            reasons = "; ".join(f"{', '.join(n)}: {r}" for n, r in skipped) or "no Dense/Conv layer"
             raise ValueError(
                 f"ClusterPlan: nothing in model '{model.name}' can be clustered ({reasons})."
             )

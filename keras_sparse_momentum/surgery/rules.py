@@ -72,14 +72,21 @@ class Inner:
 
 
 def relative_path(layer, variable):
-    """The path of `variable` below `layer` ("kernel", "query/kernel")."""
+    """The path of `variable` below `layer` ("kernel", "query/kernel").
+
+    Sub-layers created outside the layer's name scope (a Bidirectional made
+    from its config) have paths without the layer's prefix: those are kept whole.
+    """
     prefix = f"{layer.path}/"
-    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.name
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
 
 
 def weights_by_path(layer):
-    """{relative path: variable} of a layer's weights."""
-    return {relative_path(layer, w): w for w in layer.weights}
+    """{relative path: variable} of a layer's weights (positions if two paths coincide)."""
+    paths = [relative_path(layer, w) for w in layer.weights]
+    if len(set(paths)) < len(paths):
+        paths = [f"#{i}" for i in range(len(paths))]
+    return dict(zip(paths, layer.weights))
 
 
 def slot_kind(variable, slot):
