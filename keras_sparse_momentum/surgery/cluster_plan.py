@@ -309,6 +309,37 @@ class ClusterPlan:
                 worst = max(worst, merge.relative_distance(value))
         return worst
 
+    def unmerged(self, model):
+        """[(variable path, relative distance)] of the planned variables of `model`
+        (moving statistics included) whose clusters are not identical."""
+        values = {v.path: v for v in model.weights}
+        return [
+            (merge.path, distance)
+            for merge in self.merges
+            if merge.path in values
+            and (distance := merge.relative_distance(keras.ops.convert_to_numpy(values[merge.path])))
+        ]
+
+    def check_bound(self, variables):
+        """Raise if the plan is bound to a model that does not hold `variables`.
+
+        CentripetalSGD equalises the BatchNorm moving statistics of the bound
+        model at the end of `fit`; bound to another model (a copy with the same
+        architecture), the trained model's statistics would stay unmerged and
+        `strip(model, plan)` would change its function.
+        """
+        model = self.model
+        if model is None:
+            return
+        held = {id(v) for v in model.weights}
+        foreign = [v.path for v in variables if id(v) not in held]
+        if foreign:
+            raise ValueError(
+                f"ClusterPlan is bound to model '{model.name}', which does not hold the "
+                f"trained variables {foreign[:4]}: call `plan.bind(model)` with the model "
+                "being trained, so that its BatchNorm statistics are merged too."
+            )
+
     # -- serialisation and display -----------------------------------------------
 
     def to_dict(self):

@@ -119,9 +119,17 @@ def strip(model, plan=None, verify=True):
         if inputs is not None:
             error = max_relative_error(model, stripped, inputs)
             if error > TOLERANCE:
+                unmerged = plan.unmerged(model) if plan is not None else []
+                why = (
+                    "Its clusters are not identical in "
+                    + ", ".join(f"{path} ({distance:.2g})" for path, distance in unmerged[:4])
+                    + ": train it with CentripetalSGD(plan), the plan bound to this model "
+                    "(plan.bind(model)), or call plan.equalize(model) first."
+                    if unmerged else "This is a bug"
+                )
                 raise RuntimeError(
                     f"strip changed the function of '{model.name}' (relative error "
-                    f"{error:.2e} > {TOLERANCE}). This is a bug; the source model is "
+                    f"{error:.2e} > {TOLERANCE}). {why}; the source model is "
                     "unchanged. Pass verify=False to inspect the result."
                 )
     return stripped

@@ -138,3 +138,22 @@ def test_pruned_then_centripetal_then_strip_keeps_the_function(pruner):
     stripped = ksm.strip(model, plan)
     assert max_relative_error(model, stripped, x[:16]) <= 1e-4
     assert stripped.get_layer("c1").filters <= 16 and stripped.get_layer("c2").filters <= 16
+
+
+def test_unmerged_statistics_are_named_and_a_plan_bound_elsewhere_is_refused():
+    model = _conv1d_bn()
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5, method="even")
+    plan.equalize(model)
+    bn = next(l for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
+    mean = keras.ops.convert_to_numpy(bn.moving_mean).copy()
+    mean[1] += 0.5  # channels 0 and 1 share a cluster: their statistics now differ
+    bn.moving_mean.assign(mean)
+    with pytest.raises(RuntimeError, match=f"not identical in {bn.name}/moving_mean"):
+        ksm.strip(model, plan)
+    # C-SGD merges the statistics of the model its plan is bound to: a copy is refused.
+    copy = keras.models.clone_model(model)
+    copy.compile(optimizer=ksm.CentripetalSGD(plan), loss="mse")
+    with pytest.raises(ValueError, match="bound to model .*plan.bind"):
+        copy.optimizer.build(copy.trainable_variables)
+    plan.bind(copy)
+    copy.optimizer.build(copy.trainable_variables)
