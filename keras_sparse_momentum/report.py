@@ -33,7 +33,13 @@ class SparsityReport:
 
     `compression` is N / nonzeros over the prunable weights (the ratio GSM and
     PruneToRatio are asked for); MACs are per example, dense vs counting only
-    nonzero weights, and None where a layer's output shape is unknown.
+    nonzero weights: a kernel's size (or nonzeros) times the times its layer
+    applies it per example, as the layer family's rule counts them
+    (`surgery/rules.py`: output positions of a convolution, input positions
+    of a transposed one, sequence positions of a Dense or MultiHeadAttention
+    projection, steps of a recurrent layer, none for an Embedding lookup;
+    attention score products are not kernel MACs). None where a layer's
+    shapes are unknown or its family has no rule.
     """
 
     model_name: str

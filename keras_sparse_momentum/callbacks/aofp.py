@@ -92,11 +92,17 @@ class AOFP(keras.callbacks.Callback):
     coincide. Pruning stops when the FLOPs reach the target; training goes on
     (fine-tuning the pruned network).
 
-    A pruned filter is masked in the real model: its producer kernel column
-    and bias, and the gamma and beta of its BatchNormalization (the bias of a
-    DepthwiseConv on the way), are multiplied by a 0/1 mask after every
-    optimizer update (a variable constraint, inside the compiled step), so
-    the channel is exactly zero. At `on_train_end` the masks are applied once
+    A MultiHeadAttention's heads are a target like a layer's filters: a
+    masked head is ablated in the per-head attention outputs before the
+    layer's output kernel, and the damage measured at that kernel's output.
+
+    A pruned filter is masked in the real model: every per-channel slice its
+    layers' rules mark (`surgery/rules.py`): its producer kernel column and
+    bias, the gamma and beta of its BatchNormalization, the kernel and bias of
+    a DepthwiseConv on the way, a head's query, key and value slices) is
+    multiplied by a 0/1 mask after every optimizer update (a variable
+    constraint, inside the compiled step), so the channel (head) is exactly
+    zero. At `on_train_end` the masks are applied once
     more (after an EMA swap) and the constraints removed: `ksm.strip(model)`
     then removes the pruned filters physically (dead-unit path) with the same
     outputs. If any filter was pruned, the moving mean and variance of every
@@ -121,8 +127,10 @@ class AOFP(keras.callbacks.Callback):
         iters_per_half: measurements before each decision (paper: 1000, one
             per step; here one every `measure_every` steps).
         layers: None (every layer whose channels can be removed: not feeding
-            a model output, a Flatten into an output, or an unsupported layer)
-            or a list of Dense/Conv layer names.
+            a model output, a Flatten into an output, or an unsupported layer,
+            and the heads of every MultiHeadAttention) or a list of Dense/Conv
+            layer names and '<attention layer>/heads'. A layer left whole
+            (LSTM, GRU, Embedding, ...) is refused with the reason.
         probe_data: held inputs (array, or list/dict for several inputs) on
             which the damage is measured; a few hundred training examples.
         measure_every: training steps between measurements (>= 1).

@@ -165,15 +165,17 @@ class ClusterPlan:
                 space: `ceil(keep_ratio * width)` clusters.
             method: "kmeans" (k-means on the flattened filters of the current
                 weights, the authors' default) or "even" (consecutive blocks).
-            layers: None (every producer that can be pruned) or names/layers of
-                Dense/Conv producers to cluster; a layer tied to others by a
-                residual `Add` brings its whole tie group.
+            layers: None (every producer that can be pruned, and the heads
+                of every MultiHeadAttention) or names/layers of Dense/Conv
+                producers to cluster, and '<attention layer>/heads'; a layer
+                tied to others by a residual `Add` brings its whole tie group.
             seed: seed of the k-means start (the plan is deterministic).
 
         Raises:
             ValueError: bad `keep_ratio`/`method`, a subclassed model, a layer
-                in `layers` that is not a producer or cannot be pruned (the
-                reason is given), or nothing prunable at all.
+                in `layers` that is not a producer or cannot be pruned (LSTM,
+                GRU, Embedding, ...: the reason is given), or nothing prunable
+                at all.
         """
         keep_ratio = _check_keep_ratio(keep_ratio)
         if method not in METHODS:
