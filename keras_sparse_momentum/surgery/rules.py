@@ -129,6 +129,8 @@ class Rule:
 
     def refusal(self, layer, node=None):
         """Why channel surgery cannot follow this call of `layer` (None: it can)."""
+        if self.role != UNKNOWN:
+            return None
         return f"'{getattr(layer, 'name', layer)}' ({type(layer).__name__}) is not supported"
 
     def out_slots(self, layer):
@@ -163,9 +165,6 @@ class Rule:
 class Input(Rule):
     role = INPUT
     types = (keras.layers.InputLayer,)
-
-    def refusal(self, layer, node=None):
-        return None
 
 
 class _Passive(Rule):
@@ -251,9 +250,6 @@ class Merge(_Passive):
     )
     # Element-wise Keras operations that appear in functional graphs as `x + y`.
     OP_NAMES = {"Add", "Subtract", "Multiply", "Maximum", "Minimum"}
-
-    def refusal(self, layer, node=None):
-        return None
 
 
 class Concatenate(_Passive):
@@ -525,8 +521,7 @@ class MixingNorm(_Passive):
 
 
 class PReLU(_Passive):
-    def refusal(self, layer, node=None):
-        return None
+    """One alpha per channel (unless shared over the channel axis)."""
 
     role = TRANSFORMER
     types = (keras.layers.PReLU,)
@@ -640,7 +635,8 @@ class Recurrent(Rule):
 
     def kernel_positions(self, layer, inputs, outputs):
         shape = inputs.get(0, inputs.get("sequences"))
-        if shape is None or len(shape) < 3 or shape[1] is None:
+        convolutional = "Conv" in type(getattr(layer, "forward_layer", layer)).__name__
+        if shape is None or len(shape) < 3 or shape[1] is None or convolutional:
             return None
         steps = int(shape[1])
         return {relative_path(layer, w): steps for w in layer.weights
@@ -655,10 +651,6 @@ class Embedding(Rule):
 
     def kernel_positions(self, layer, inputs, outputs):
         return {"embeddings": 0}  # a lookup, no multiply-accumulates
-
-
-class Unknown(Rule):
-    pass
 
 
 _RULES = [
@@ -683,7 +675,7 @@ _RULES = [
     Concatenate(),
     Flatten(),
 ]
-_UNKNOWN = Unknown()
+_UNKNOWN = Rule()
 
 
 def _keras_class(layer):

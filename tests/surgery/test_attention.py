@@ -122,6 +122,7 @@ def test_cluster_plan_clusters_heads_and_ffn_units_and_strips_exactly():
     assert max_relative_error(model, stripped, _inputs()) <= 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:CentripetalSGD")
 def test_centripetal_sgd_then_strip_on_a_transformer_block():
     model = vit_block()
     plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
@@ -184,3 +185,47 @@ def test_returned_attention_scores_pin_the_heads():
     with pytest.raises(ValueError, match="attention scores"):
         ksm.ClusterPlan.from_model(model, 0.5, layers=["mha/heads"])
     assert max_relative_error(model, ksm.strip(model), _inputs()) <= 1e-6
+
+
+def test_aofp_measures_a_heads_damage_at_the_output_kernel():
+    model = vit_block()
+    _set(model.get_layer("mha").output_dense.kernel, 3)  # head 3 is never read
+    x = _inputs(n=8, seed=7)
+    aofp = ksm.AOFP(target_flops=0.5, probe_data=x, layers=["mha/heads"])
+    aofp.set_model(model)
+    aofp.on_train_begin()
+    outputs = aofp._forward(x)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+
+    def damage(masked):
+        keep = np.ones(HEADS, "float32")
+        keep[masked] = 0.0
+        value, power = aofp._damage(0, outputs, [keep])
+        return float(value) / float(power)
+
+    assert damage([3]) == 0.0 and damage([1]) > 1e-3 and damage([1, 3]) == pytest.approx(damage([1]))
+    aofp.on_train_end()
+
+
+def test_cross_attention_macs_and_a_pinned_output_keep_their_lengths():
+    query_in, memory_in = keras.Input((3, 5)), keras.Input((7, 5))
+    query = L.Dense(8, name="q_in")(query_in)
+    memory = L.Dense(10, activation="relu", name="kv_in")(memory_in)
+    y = L.MultiHeadAttention(2, 3, value_dim=4, name="mha")(query, memory)
+    y = L.LayerNormalization(name="ln")(y)  # pins the attention's output channels
+    model = keras.Model([query_in, memory_in], L.Dense(2, name="head")(L.Flatten()(y)))
+    macs = {r.variable: r.dense_macs for r in ksm.sparsity_report(model).rows}
+    assert macs["mha/query/kernel"] == 3 * 8 * 2 * 3 and macs["mha/key/kernel"] == 7 * 10 * 2 * 3
+    assert macs["mha/value/kernel"] == 7 * 10 * 2 * 4
+    assert macs["mha/attention_output/kernel"] == 3 * 2 * 4 * 8
+    _randomise_biases(model)
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5, method="even")
+    assert {g.name for g in plan.groups} == {"q_in", "kv_in", "mha/heads"}
+    plan.equalize(model)
+    stripped = ksm.strip(model, plan)
+    mha = stripped.get_layer("mha")
+    assert mha.query_dense.kernel.shape == (4, 1, 3) and mha.output_dense.kernel.shape == (1, 4, 8)
+    rng = np.random.default_rng(8)
+    x = [rng.standard_normal((2, 3, 5)).astype("float32"),
+         rng.standard_normal((2, 7, 5)).astype("float32")]
+    assert max_relative_error(model, stripped, x) <= 1e-5

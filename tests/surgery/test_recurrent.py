@@ -58,6 +58,8 @@ def test_recurrent_layers_are_left_whole_named_and_counted(kind):
     for variable in kernels:  # the input kernel runs once per step
         assert rows[variable.path].dense_macs == STEPS * int(np.prod(variable.shape))
     assert "?" not in str(report)
+    embeddings = ksm.sparsity_report(model, prunable=lambda v: v.name == "embeddings")
+    assert embeddings.dense_macs == 0  # a lookup, not a product
 
 
 def test_nothing_to_cluster_names_the_recurrent_layer():
