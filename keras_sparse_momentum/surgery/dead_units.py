@@ -8,10 +8,11 @@ model computes:
   activations and merges make of it). Readers get that constant folded into
   their bias. The constant is found by running the graph's own layers on the
   constant pattern, so BatchNorm, PReLU, pooling and residual sums are handled
-  by Keras itself; where the pattern stops being constant (zero padding before
-  a 'same' convolution turns a nonzero constant into a border effect), or the
-  reader cannot take a bias fold (its rule has no `linear`), the channel is
-  kept. A MultiHeadAttention head is dead when its value kernel slice is zero:
+  by Keras itself; where the pattern or the reader's response to it stops
+  being constant (a per-position PReLU, zero padding in a 'same' or
+  transposed convolution turning a nonzero constant into a border effect), or
+  the reader cannot take a bias fold (its rule has no `linear`), the channel
+  is kept. A MultiHeadAttention head is dead when its value kernel slice is zero:
   it outputs its value bias, folded into the output bias by the layer's rule.
 - *unread*: every reader's SUM slice for the channel is zero (through
   Concatenate offsets and Flatten rows too), so its value never matters.
@@ -124,13 +125,6 @@ def _patterns(channel_graph, analysis):
     return values
 
 
-def _padded(layer):
-    """Whether a constant input meets zero padding inside the layer's kernel window."""
-    if getattr(layer, "padding", "valid") == "valid":
-        return False
-    return any(len(w.shape) >= 3 and np.prod(w.shape[:-2]) > 1 for w in layer.weights)
-
-
 def _fold_tensor(layer, rule, pattern, rows):
     """(bias delta, []) of reading `pattern` on `rows`, or (None, the rows that cannot fold)."""
     x = np.zeros_like(pattern)
@@ -138,12 +132,12 @@ def _fold_tensor(layer, rule, pattern, rows):
     live = [r for r in rows if np.any(x[..., r] != 0)]
     if not live:
         return 0.0, []
-    spatial = x.ndim > 2
-    bad = [r for r in live if not np.all(np.isfinite(x[..., r])) or (spatial and (
-        _padded(layer) or not _is_constant(x[..., [r]])))]
-    y = None if bad else rule.linear(layer, x)
+    y = rule.linear(layer, x)
     if y is None:
-        return None, bad or live
+        return None, live
+    # The reader's own output on the constants, over every position: a pattern
+    # varying over positions, or zero padding (a 'same' or transposed
+    # convolution), shows here as a non-constant response.
     y = keras.ops.convert_to_numpy(y)
     return (y.reshape(-1, y.shape[-1])[0], []) if _is_constant(y) else (None, live)
 

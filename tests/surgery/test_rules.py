@@ -128,6 +128,18 @@ def test_padded_readers_keep_nonzero_dead_channels_and_drop_zero_ones():
         assert max_relative_error(model, stripped, _inputs(model)) <= 1e-5
 
 
+def test_a_channel_whose_separable_pointwise_rows_are_zero_is_unread():
+    model = CASES["separable1d"]()
+    _randomise(model)
+    pointwise = model.get_layer("b").pointwise_kernel
+    value = keras.ops.convert_to_numpy(pointwise).copy()
+    value[:, 2, :] = 0.0  # the depthwise half still holds channel 2's filter
+    pointwise.assign(value)
+    stripped = ksm.strip(model)
+    assert _width(stripped, "a") == 5
+    assert max_relative_error(model, stripped, _inputs(model)) <= 1e-5
+
+
 def test_transposed_convolution_slices_output_axis_minus_two():
     model = CASES["conv2d_transpose"]()
     _randomise(model)
