@@ -123,17 +123,19 @@ def test_pruned_then_centripetal_then_strip_keeps_the_function(pruner):
     y = rng.integers(0, 10, 64)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if pruner == "gsm":
-        model.compile(optimizer=ksm.GSMMomentum.for_budget(4, compression=10), loss=loss)
+        model.compile(optimizer=ksm.GSMMomentum.for_budget(4, compression=10), loss=loss,
+                      jit_compile=False)
         model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     else:
-        model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, jit_compile=False)
         model.fit(x, y, batch_size=16, epochs=1, verbose=0,
                   callbacks=[ksm.PruneToRatio(compression=40, scope="global")])
     kernel = keras.ops.convert_to_numpy(model.get_layer("c1").kernel).reshape(-1, 32)
     assert not np.all(np.any(kernel != 0, axis=0))  # some filters of the first conv are dead
     plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
     model.compile(optimizer=ksm.CentripetalSGD(plan, learning_rate=0.05,
-                                               centripetal_strength=0.5), loss=loss)
+                                               centripetal_strength=0.5), loss=loss,
+                  jit_compile=False)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     stripped = ksm.strip(model, plan)
     assert max_relative_error(model, stripped, x[:16]) <= 1e-4
