@@ -189,8 +189,10 @@ class ClusterPlan:
         wanted = None
         if layers is not None:
             wanted = {_layer_name(layer) for layer in layers}
-            for name in sorted(wanted & set(refused)):
-                raise ValueError(f"ClusterPlan: cannot prune ['{name}']: {refused[name]}.")
+            whole = sorted(wanted & set(refused))
+            if whole:
+                reasons = "; ".join(refused[name] for name in whole)
+                raise ValueError(f"ClusterPlan: cannot prune {whole}: {reasons}.")
             unknown = sorted(wanted - {n for s in candidates for n in _selectors(s)})
             if unknown:
                 raise ValueError(
