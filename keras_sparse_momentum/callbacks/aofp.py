@@ -5,8 +5,8 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_sparse_momentum.callbacks import state as state_lib
 from keras_sparse_momentum.callbacks.halving_search import HalvingSearch
 from keras_sparse_momentum.surgery import rules
 from keras_sparse_momentum.surgery.flops import kernel_macs
@@ -19,6 +19,27 @@ def _check_int(value, name, low, owner="AOFP"):
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{owner}: `{name}` must be an int >= {low}. Received: {name}={value!r}")
     return value
+
+
+def _compiled(function, variables, static_argnums=()):
+    """`function` compiled once per static arguments, reading `variables` as they are
+    at each call: a `tf.function` on TensorFlow, a `jax.jit` given their values as
+    state on JAX (a plain jit would hold the values it read when traced)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function)
+    if backend != "jax":
+        return function
+    import jax
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return function(*args)
+
+    jitted = jax.jit(pure, static_argnums=tuple(i + 1 for i in static_argnums))
+    return lambda *args: jitted([v.value for v in variables], *args)
 
 
 def _following_batch_norm(channel_graph, node):
@@ -114,7 +135,11 @@ class AOFP(keras.callbacks.Callback):
 
     The search lives within one `fit` call (steps count from its start); a
     later `fit` with a new AOFP starts from the weights as they are, so run
-    the search and its fine-tuning in one `fit`, or `strip` in between.
+    the search and its fine-tuning in one `fit`, or `strip` in between. Its
+    state (masks, scores, search spaces, thresholds, the random generator)
+    lives with the model's optimizer (callbacks/state.py), so
+    `keras.callbacks.BackupAndRestore` resumes a killed `fit` mid-search
+    exactly.
 
     FLOPs are the dense multiply-accumulates of the Dense/Conv kernels per
     example (`sparsity_report(...).dense_macs`), of the model `strip` would
@@ -227,6 +252,7 @@ class AOFP(keras.callbacks.Callback):
         self.thresh_growth = float(thresh_growth)
         self.seed = seed
         self.verbose = verbose
+        self._holder = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -294,7 +320,17 @@ class AOFP(keras.callbacks.Callback):
                     variable.constraint = _ChannelMask(
                         mask, slot.axis, len(variable.shape), variable.constraint)
 
-    def on_train_begin(self, logs=None):
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model, "optimizer", None) is not None and model.built:
+            self._attach()
+
+    def _attach(self):
+        """The targets, the probe, the masks and the host state (see
+        callbacks/state.py), before `BackupAndRestore` can restore them."""
+        optimizer = self.model.optimizer
+        if self._holder is not None and getattr(optimizer, self._holder.name, None) is self._holder:
+            return  # attached to this optimizer already
         graph = ChannelGraph(self.model)
         self._graph = graph
         spaces = self._targets(graph)
@@ -309,17 +345,21 @@ class AOFP(keras.callbacks.Callback):
         probe_model = keras.Model(inputs, tensors)
         # Compiled once per target (the argument `i` is static): a measurement
         # costs one forward pass of the probe plus two calls of each next layer.
-        self._forward = tf.function(lambda batch: probe_model(batch, training=False))
-        self._damage_fn = tf.function(self._damage)
+        weights = self.model.weights
+        self._forward = _compiled(lambda batch: probe_model(batch, training=False), weights)
+        self._damage_fn = _compiled(self._damage, weights, static_argnums=(0,))
+        state_lib.build_optimizer(self.model)
+        self._masks = [state_lib.step_variable(self.model, (s.width,), "aofp_mask") for s in spaces]
+        self._holder = state_lib.attach_host_state(self, self._host_state)
+
+    def on_train_begin(self, logs=None):
+        self._attach()
+        spaces = [p.space for p in self._probes]
+        graph = self._graph
         self._searches = [
             HalvingSearch(s.width, self.iters_per_half, self.thresh, self.min_filters)
             for s in spaces
         ]
-        with self.model.distribute_strategy.scope():
-            self._masks = [
-                keras.Variable(np.ones(s.width, "float32"), trainable=False, name="aofp_mask")
-                for s in spaces
-            ]
         self._constrained = []
         for space, mask in zip(spaces, self._masks):
             self._mask_space(space, mask)
@@ -338,6 +378,41 @@ class AOFP(keras.callbacks.Callback):
         self.measure_seconds = 0.0
         self.thresh_reached = self.thresh
         self._rounds_at_raise = [0] * len(spaces)
+        self._update_flops()
+        self._resumed = False
+
+    # -- host state (carried by BackupAndRestore; see callbacks/state.py) ------
+
+    def _host_state(self):
+        if getattr(self, "_searches", None) is None:  # saved before fit began
+            return {}, {}
+        document = {
+            "step": self._step, "measurements": self.measurements,
+            "measure_seconds": self.measure_seconds, "thresh_reached": self.thresh_reached,
+            "rounds_at_raise": self._rounds_at_raise, "events": self.events,
+            "rng": self._rng.bit_generator.state,
+            "searches": [search.state() for search in self._searches],
+        }
+        masks = {f"mask_{i}": keras.ops.convert_to_numpy(m) for i, m in enumerate(self._masks)}
+        return document, masks
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._resumed:
+            return
+        self._resumed = True
+        restored = self._holder.take_restored()
+        if restored is None or not restored[0]:
+            return
+        document, arrays = restored
+        for i, mask in enumerate(self._masks):
+            mask.assign(arrays[f"mask_{i}"])
+        self._step, self.measurements = document["step"], document["measurements"]
+        self.measure_seconds = document["measure_seconds"]
+        self.thresh_reached = document["thresh_reached"]
+        self._rounds_at_raise, self.events = document["rounds_at_raise"], document["events"]
+        self._rng.bit_generator.state = document["rng"]
+        for search, state in zip(self._searches, document["searches"]):
+            search.load_state(state)
         self._update_flops()
 
     # -- measuring and deciding -----------------------------------------------
@@ -438,6 +513,7 @@ class AOFP(keras.callbacks.Callback):
         ]
         if not active:
             return
+        self.model  # noqa: B018 -- on JAX, brings the training state back into the variables
         start = time.perf_counter()
         self._measure(active)
         self.measurements += 1
@@ -477,6 +553,10 @@ class AOFP(keras.callbacks.Callback):
             variable.assign(variable.constraint(variable))
             variable.constraint = constraint
         self._constrained = []
+        optimizer = self.model.optimizer
+        state_lib.release_step_variables(optimizer, self._masks)
+        state_lib.detach_host_state(optimizer, self._holder)
+        self._holder = None
         self.model.make_train_function(force=True)
         if self.events:
             self._reestimate_batch_norm()

@@ -50,6 +50,23 @@ class HalvingSearch:
         self.counts = dict.fromkeys(self.search, 0)
         self.iterations = 0
 
+    def state(self):
+        """Everything the search decides with, JSON-serialisable (`load_state` reverses it)."""
+        return {
+            "live": self.live, "pruned": self.pruned, "search": self.search,
+            "scores": list(self.scores.items()), "counts": list(self.counts.items()),
+            "iterations": self.iterations, "decisions": self.decisions,
+            "rounds": self.rounds, "thresh": self.thresh,
+        }
+
+    def load_state(self, state):
+        """Continue from `state()`'s output."""
+        self.live, self.pruned, self.search = state["live"], state["pruned"], state["search"]
+        self.scores = {int(c): float(v) for c, v in state["scores"]}
+        self.counts = {int(c): int(n) for c, n in state["counts"]}
+        self.iterations, self.decisions = state["iterations"], state["decisions"]
+        self.rounds, self.thresh = state["rounds"], state["thresh"]
+
     @property
     def finished(self):
         """No half of the live channels can be pruned any more."""

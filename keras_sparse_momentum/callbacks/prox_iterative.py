@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from keras_sparse_momentum import prunable as prunable_lib
+from keras_sparse_momentum.callbacks import state as state_lib
 
 logger = logging.getLogger("keras_sparse_momentum")
 
@@ -62,6 +63,12 @@ class ProxIterative:
     `prox_phase` (0 prune, 1 fine-tune, 2 final); `epoch_log` keeps the same
     with the phase's name, `rounds` one entry per finished pruning phase.
 
+    The held support and `l1` are ProxNAG's own variables; everything else the
+    rounds decide with (phase, round, loss windows, the best state of the
+    pruning phase) is `host_state`, which `PruneToRatio` saves with the
+    optimizer, so `BackupAndRestore` resumes inside a round. The step count is
+    read only when a check is due (`StepClock`).
+
     Args:
         target_sparsity: in [0, 1).
         prunable: predicate for the prunable variables (as `PruneToRatio`).
@@ -97,10 +104,19 @@ class ProxIterative:
 
     # -- set-up -----------------------------------------------------------
 
-    def on_train_begin(self, model, params):
+    def on_train_begin(self, owner, params, variables):
+        """Validate and plan the rounds; nothing in the model or optimizer changes
+        (a backup may be restored after this; `start` or `load_host_state` follows).
+
+        Args:
+            owner: the `PruneToRatio` callback (its `model` is synced on JAX).
+            params: the callback params of `fit`.
+            variables: the prunable variables.
+        """
         from keras_sparse_momentum.optimizers import ProxNAG
 
-        self.model = model
+        self._owner = owner
+        model = self.model
         self.optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
         if not isinstance(self.optimizer, ProxNAG):
             raise ValueError(
@@ -123,38 +139,36 @@ class ProxIterative:
             )
         self.budget = int(steps) * int(params["epochs"])
         self.verbose = params.get("verbose", 0)
-        self.rounds, self.epoch_log = [], []
-        self._ready = False
-        if model.trainable_variables:  # else: a subclassed model, built by its first step
-            self._setup()
-
-    def _setup(self):
-        model, optimizer = self.model, self.optimizer
-        self.variables = prunable_lib.prunable_variables(model, self.prunable)
-        if not optimizer.built:
-            with model.distribute_strategy.scope():
-                model.optimizer.build(model.trainable_variables)
-        foreign = [v.path for v in self.variables if not optimizer.is_prunable(v)]
+        self.variables = variables
+        foreign = [v.path for v in variables if not self.optimizer.is_prunable(v)]
         if foreign:
             raise ValueError(
                 f"PruneToRatio prunes {foreign[:5]}, which ProxNAG does not "
                 "treat as prunable: give both the same `prunable`."
             )
-        self.others = [v for v in model.trainable_variables if not optimizer.is_prunable(v)]
-        self.total = sum(int(math.prod(v.shape)) for v in self.variables)
+        self.others = [v for v in model.trainable_variables if not self.optimizer.is_prunable(v)]
+        self.total = sum(int(math.prod(v.shape)) for v in variables)
         self.keep = prunable_lib.kept_count(self.total, sparsity=self.target_sparsity)
-        self.initial_l1 = float(keras.ops.convert_to_numpy(optimizer.l1))
-        self.start_step = self._iterations()
-
         usable = self.budget * (1.0 - self.final_fraction)
         rounds = self.planned_rounds
         self.phase_steps = max(1, int(usable / (rounds + rounds * (rounds + 1) / 4)))
         self.prune_deadline = int(usable)
         self.check_every = max(1, self.phase_steps // self.checks_per_phase)
+        self.rounds, self.epoch_log = [], []
+        self._best = None
+        self._clock = state_lib.StepClock(self._iterations)
+        self.started = False
 
+    @property
+    def model(self):
+        return self._owner.model
+
+    def start(self):
+        """Begin the first round from the model as it is (a fresh `fit`)."""
+        optimizer = self.optimizer
+        self.initial_l1 = float(keras.ops.convert_to_numpy(optimizer.l1))
+        self.start_step = self._iterations()
         optimizer.sync_iterates(self.variables)
-        optimizer.hold_support()
-        model.make_train_function(force=True)
         values = self._iterates()
         magnitudes = np.sort(np.concatenate([np.abs(v).ravel() for v in values]))
         quantile = float(magnitudes[min(self.total - 1, self.total - self.keep)])
@@ -167,15 +181,51 @@ class ProxIterative:
         self._last_loss = (-1, 0.0)  # (batch index, running mean) within the epoch
         self._loss_sum, self._loss_count = 0.0, 0
         self._next_check = self.check_every
-        self._ready = True
+        self.started = True
         if self._sparsity(values) >= self.target_sparsity:
             self._trim(self._state())
         else:
             self._begin_pruning()
 
+    # -- host state (carried by BackupAndRestore; see callbacks/state.py) ----
+
+    _SCALARS = ("initial_l1", "start_step", "l1_step", "round", "phase", "l1", "_phase_start",
+                "_finetune_steps", "_next_check", "_loss_sum", "_loss_count", "_last_loss",
+                "_since_best", "_reference_loss", "_rising", "rounds", "epoch_log")
+
+    def host_state(self):
+        """(document, arrays): everything the rounds decide with, the best state of
+        the current pruning phase included."""
+        if not self.started:
+            return {"started": False}, {}
+        document = {name: getattr(self, name, None) for name in self._SCALARS}
+        document["started"] = True
+        arrays = {}
+        if self.phase == PRUNE:
+            sparsity, (iterates, others) = self._best
+            document["best_sparsity"] = sparsity
+            arrays.update({f"best_iterate_{i}": v for i, v in enumerate(iterates)})
+            arrays.update({f"best_other_{i}": v for i, v in enumerate(others)})
+        return document, arrays
+
+    def load_host_state(self, document, arrays):
+        """Continue from `host_state`'s output (the optimizer's own variables,
+        l1 and support masks included, were restored with the model)."""
+        if not document["started"]:
+            return
+        for name in self._SCALARS:
+            value = document[name]
+            setattr(self, name, tuple(value) if name == "_last_loss" else value)
+        self.started = True
+        if self.phase == PRUNE:
+            iterates = [arrays[f"best_iterate_{i}"] for i in range(len(self.variables))]
+            others = [arrays[f"best_other_{i}"] for i in range(len(self.others))]
+            self._best = (document["best_sparsity"], (iterates, others))
+
     # -- state helpers ----------------------------------------------------
 
     def _iterations(self):
+        self.model  # noqa: B018 -- on JAX, brings the training state back into the variables
         return int(keras.ops.convert_to_numpy(self.optimizer.iterations))
 
     def _iterates(self):
@@ -294,9 +344,10 @@ class ProxIterative:
 
     # -- callback hooks ---------------------------------------------------------
 
-    def on_train_batch_end(self, batch, logs):
-        if not self._ready:
-            self._setup()
+    def on_train_batch_end(self, batch, batches, logs):
+        """After the `batches`-th train batch of `fit` (`batch` within its epoch)."""
+        if not self.started:  # a subclassed model, built by its first step
+            self.start()
         if logs and "loss" in logs:  # Keras logs the epoch's running mean
             last_batch, last_mean = self._last_loss
             if batch <= last_batch:
@@ -305,7 +356,9 @@ class ProxIterative:
             self._loss_sum += mean * (batch + 1) - last_mean * (last_batch + 1)
             self._loss_count += batch - last_batch
             self._last_loss = (batch, mean)
-        if self.phase == FINAL or self._iterations() - self.start_step < self._next_check:
+        if self.phase == FINAL or not self._clock.reached(
+            self.start_step + self._next_check, batches
+        ):
             return
         self._next_check += self.check_every
         loss = self._loss_sum / max(1, self._loss_count)
@@ -342,5 +395,4 @@ class ProxIterative:
             )
         self.optimizer.release_support()
         self.optimizer.l1 = self.initial_l1
-        self.model.make_train_function(force=True)
         self.optimizer.sync_iterates(self.variables)

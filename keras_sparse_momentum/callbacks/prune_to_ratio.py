@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from keras_sparse_momentum import prunable as prunable_lib
+from keras_sparse_momentum.callbacks import state as state_lib
 from keras_sparse_momentum.callbacks.prox_iterative import ProxIterative
 from keras_sparse_momentum.schedules import polynomial_sparsity
 
@@ -39,8 +40,9 @@ class PruneToRatio(keras.callbacks.Callback):
     schedule of tfmot's `PolynomialDecay`): the sparsity rises from
     `initial_sparsity` to the target along
     `s_t = s_f + (s_i - s_f) * (1 - (t - begin) / (end - begin)) ** power`,
-    the masks are recomputed by magnitude every `frequency` optimizer steps and
-    *held after every step*: each pruned variable gets a mask constraint that
+    the masks are recomputed by magnitude at steps `begin_step + k * frequency`
+    (at the sparsity of that step) and at `end_step`, and *held after every
+    step*: each pruned variable gets a mask constraint that
     Keras's optimizers apply after each update, inside the compiled step (XLA
     included). The constraints are removed at the end of `fit`, where the
     exact cut is also made (a subclassed model is built by its first step, so
@@ -60,6 +62,11 @@ class PruneToRatio(keras.callbacks.Callback):
     The sparsity reached is written to `logs["sparsity"]` (each batch: the
     mask's; each epoch: measured on the weights), so the progress bar, History
     and a TensorBoard callback placed after this one show it.
+
+    The masks and the schedule's state live with the model's optimizer
+    (callbacks/state.py), so `keras.callbacks.BackupAndRestore` resumes a
+    killed `fit` exactly, the iterative rounds included, and the masks are
+    state of the compiled step on JAX too.
 
     Args:
         compression: C >= 1: keep `ceil(N / C)` of the N prunable weights.
@@ -132,6 +139,8 @@ class PruneToRatio(keras.callbacks.Callback):
         self.power = power
         self.reached_sparsity = None
         self.kept = None
+        self._attached_to, self._holder, self._mask_vars = None, None, []
+        self._driver, self._last_point = None, None
 
     # -- schedule ---------------------------------------------------------
 
@@ -153,6 +162,21 @@ class PruneToRatio(keras.callbacks.Callback):
         return polynomial_sparsity(
             progress, self.initial_sparsity, self.target_sparsity, self.power
         )
+
+    def _update_point(self, step):
+        """The last mask update at or before `step`: `begin_step + k * frequency`, or
+        `end_step` from there on (None before `begin_step`)."""
+        if step < self.begin_step:
+            return None
+        if step >= self._end:
+            return self._end
+        return step - (step - self.begin_step) % self.frequency
+
+    def _next_point(self, point):
+        """The update after `point` (None: the schedule is complete)."""
+        if point is None:
+            return self.begin_step
+        return None if point >= self._end else min(point + self.frequency, self._end)
 
     # -- masks ------------------------------------------------------------
 
@@ -181,25 +205,81 @@ class PruneToRatio(keras.callbacks.Callback):
         )
         return 1.0 - nonzero / self._total
 
+    # -- state (see callbacks/state.py) ---------------------------------------
+
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model, "optimizer", None) is not None and model.trainable_variables:
+            self._attach()
+        else:  # a subclassed model, built by its first step: attached then
+            self._attached_to = None
+
+    def _attach(self):
+        """Create the masks and the rounds' host state (see callbacks/state.py),
+        once per `fit`, before `BackupAndRestore` can restore them."""
+        model = self.model
+        if self._attached_to is model.optimizer:
+            return  # attached already (e.g. fit called again after a crash)
+        state_lib.build_optimizer(model)
+        self._active = self._resolved_schedule()
+        self._variables = prunable_lib.prunable_variables(model, self.prunable)
+        self._total = sum(int(math.prod(v.shape)) for v in self._variables)
+        self._mask_vars = []
+        if self._active == "polynomial":
+            self._mask_vars = [
+                state_lib.step_variable(model, v.shape, "prune_mask") for v in self._variables
+            ]
+        self._holder = None
+        if self._active == "prox_iterative":
+            self._holder = state_lib.attach_host_state(self, self._host_state)
+        self._attached_to = model.optimizer
+
+    def _detach(self):
+        optimizer = self.model.optimizer
+        state_lib.release_step_variables(optimizer, self._mask_vars)
+        state_lib.detach_host_state(optimizer, self._holder)
+        self._attached_to, self._holder = None, None
+
+    def _host_state(self):
+        """The iterative rounds' state (saved only for them: the polynomial
+        schedule's held mask is the weights' exact zeros, recomputed at the first
+        step after a restore, at the same update point, so the same mask)."""
+        return self._driver.host_state() if self._driver is not None else ({}, {})
+
+    def _resume(self):
+        """Take over the state a backup restored, if any, else start afresh
+        (at the first `on_epoch_begin`, after every `on_train_begin`)."""
+        if self._driver is None:
+            return
+        self.model  # noqa: B018 -- on JAX, brings the training state back into the variables
+        restored = self._holder.take_restored()
+        if restored is not None and restored[0]:
+            self._driver.load_host_state(*restored)
+        if not self._driver.started:
+            self._driver.start()
+
     # -- callback hooks ---------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        self._active = self._resolved_schedule()
         self._mask_sparsity = 0.0
-        self._last_update = None
-        self._variables = None
+        self._last_point = None
         self._driver = None
+        self._batches, self._epoch_start, self._resumed = 0, 0, False
+        self._clock = state_lib.StepClock(
+            lambda: int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        )
+        if self._attached_to is None:
+            self._variables = None  # a subclassed model, built by its first step
+            return
+        self._begin()
+
+    def _begin(self):
+        """Validate, plan and install the constraints (no state is changed here)."""
         if self._active == "prox_iterative":
             if self.scope != "global":
                 raise ValueError("PruneToRatio(schedule='prox_iterative') needs scope='global'.")
             self._driver = ProxIterative(self.target_sparsity, self.prunable)
-            self._driver.on_train_begin(self.model, self.params)
-        if self.model.trainable_variables:  # else: a subclassed model, built by its first step
-            self._setup()
-
-    def _setup(self):
-        self._variables = prunable_lib.prunable_variables(self.model, self.prunable)
-        self._total = sum(int(math.prod(v.shape)) for v in self._variables)
+            self._driver.on_train_begin(self, self.params, self._variables)
         if self._active != "polynomial":
             return
         self._end = self.end_step
@@ -212,56 +292,65 @@ class PruneToRatio(keras.callbacks.Callback):
                     "unknown length): pass end_step=..."
                 )
             self._end = max(self.begin_step + 1, int(0.75 * steps * self.params["epochs"]))
-        with self.model.distribute_strategy.scope():
-            self._mask_vars = [
-                keras.Variable(np.ones(v.shape, v.dtype), trainable=False, name="prune_mask")
-                for v in self._variables
-            ]
         self._saved_constraints = [v.constraint for v in self._variables]
         for variable, mask_var in zip(self._variables, self._mask_vars):
             variable.constraint = _MaskConstraint(mask_var, variable.constraint)
         self.model.make_train_function(force=True)
-        self._update_masks()
 
-    def _update_masks(self):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        if step < self.begin_step or step > self._end + self.frequency:
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._batches
+        if not self._resumed and self._variables is not None:
+            self._resumed = True
+            self._resume()
+
+    def _update_masks(self, batches):
+        target = self._next_point(self._last_point)
+        if target is None or not self._clock.reached(target, batches):
             return
-        slot = (min(step, self._end) - self.begin_step) // self.frequency
-        if slot != self._last_update:
-            self._last_update = slot
-            self._apply_masks(self._keep_masks(self.sparsity_at(step)))
+        point = self._update_point(self._clock.step)
+        if point != self._last_point:
+            self._last_point = point
+            self._apply_masks(self._keep_masks(self.sparsity_at(point)))
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._variables is not None and self._active == "polynomial":
-            self._update_masks()
+            self._update_masks(self._epoch_start + batch)
 
     def on_train_batch_end(self, batch, logs=None):
+        self._batches = self._epoch_start + batch + 1
         if self._variables is None:
-            self._setup()
+            self._attach()
+            self._resumed = True
+            self._begin()
+            if self._active == "polynomial":
+                self._update_masks(self._batches)
         if logs is not None and self._active == "polynomial":
             logs["sparsity"] = self._mask_sparsity
         if self._driver is not None:
-            self._driver.on_train_batch_end(batch, logs)
+            self._driver.on_train_batch_end(batch, self._batches, logs)
 
     def on_epoch_end(self, epoch, logs=None):
+        self.model  # noqa: B018 -- on JAX, brings the training state back into the variables
         if logs is not None:
             logs["sparsity"] = self._measured_sparsity()
         if self._driver is not None:  # measures the sparse iterate, not the extrapolation
             self._driver.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
+        model = self.model
         if self._variables is None:
-            self._setup()
+            self._attach()
+            self._begin()
         if self._active == "polynomial":
             for variable, constraint in zip(self._variables, self._saved_constraints):
                 variable.constraint = constraint
-            self.model.make_train_function(force=True)
         masks = self._keep_masks(self.target_sparsity)
         for variable, mask in zip(self._variables, masks):
             value = keras.ops.convert_to_numpy(variable)
             variable.assign(np.where(mask, value, 0).astype(value.dtype))
         self.kept = sum(int(m.sum()) for m in masks)
         self.reached_sparsity = 1.0 - self.kept / self._total
-        if self._driver is not None:
+        if self._driver is not None and self._driver.started:
             self._driver.on_train_end()
+        self._detach()
+        model.make_train_function(force=True)

@@ -13,13 +13,6 @@ def soft_threshold(x, threshold):
     return ops.multiply(ops.sign(x), ops.maximum(ops.subtract(ops.abs(x), threshold), 0))
 
 
-class _SupportMasks:
-    """Holds the support masks outside the optimizer's tracked (saved) variables."""
-
-    def __init__(self, variables):
-        self.variables = variables
-
-
 @keras.saving.register_keras_serializable(package="keras_sparse_momentum")
 class ProxNAG(base.PruningSGD):
     """Prox-NAG: L1 soft-thresholding on a Nesterov momentum path; exact zeros.
@@ -104,7 +97,6 @@ class ProxNAG(base.PruningSGD):
                     aggregation="only_first_replica",
                 )
         self._l1 = l1
-        self._support = None
 
     # -- L1 strength ------------------------------------------------------
 
@@ -149,6 +141,12 @@ class ProxNAG(base.PruningSGD):
             else None
             for v, flag in zip(variables, self._prunable_flags)
         ]
+        self._supports = [  # boolean: a quarter of w~'s memory in float32
+            self.add_variable(v.shape, initializer="ones", dtype="bool",
+                              name=f"{v.path.replace('/', '_')}_support",
+                              layout=getattr(v, "_layout", None)) if flag else None
+            for v, flag in zip(variables, self._prunable_flags)
+        ]
 
     def sparse_iterate(self, variable):
         """The optimizer variable holding `w~` for the prunable `variable`.
@@ -164,39 +162,15 @@ class ProxNAG(base.PruningSGD):
 
     # -- support masks (used by the iterative pruning algorithm) -----------
 
-    @property
-    def holds_support(self):
-        """Whether support masks are applied to `w~` after every step."""
-        return self._support is not None
-
-    def hold_support(self):
-        """Create all-ones support masks, multiplied into `w~` after every step.
-
-        Sets up the graph: call `model.make_train_function(force=True)` after
-        it (and after `release_support`) when a train function already exists.
-        """
-        if self._support is None:
-            with self._distribution_strategy.scope():
-                self._support = _SupportMasks(
-                    [
-                        keras.Variable(
-                            ops.ones(v.shape, v.dtype), trainable=False, name="support"
-                        )
-                        if flag
-                        else None
-                        for v, flag in zip(self._trainable_variables, self._prunable_flags)
-                    ]
-                )
-
     def set_support(self, variable, mask):
         """Hold the support `mask` (bool or 0/1) for the prunable `variable`."""
-        index = self._get_variable_index(variable)
-        holder = self._support.variables[index]
-        holder.assign(ops.cast(mask, holder.dtype))
+        self._supports[self._get_variable_index(variable)].assign(ops.cast(mask, "bool"))
 
     def release_support(self):
-        """Stop applying support masks (see `hold_support`)."""
-        self._support = None
+        """Stop holding supports: every support mask back to all ones."""
+        for holder in self._supports:
+            if holder is not None:
+                holder.assign(ops.ones(holder.shape, "bool"))
 
     # -- the step -----------------------------------------------------------
 
@@ -223,8 +197,7 @@ class ProxNAG(base.PruningSGD):
             ops.subtract(variable, ops.multiply(lr, gradient)),
             ops.multiply(lr, ops.cast(self.l1, dtype)),
         )
-        if self._support is not None:
-            iterate = ops.multiply(iterate, self._support.variables[index])
+        iterate = ops.where(self._supports[index], iterate, ops.zeros_like(iterate))
         momentum = ops.cast(self.momentum, dtype)
         self.assign(
             variable,
