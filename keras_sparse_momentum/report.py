@@ -7,17 +7,8 @@ import keras
 import numpy as np
 
 from keras_sparse_momentum import prunable as prunable_lib
-
-_CONV_TYPES = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-)
-
+from keras_sparse_momentum.surgery import flops as flops_lib
+from keras_sparse_momentum.surgery import rules
 
 @dataclasses.dataclass
 class Row:
@@ -42,7 +33,13 @@ class SparsityReport:
 
     `compression` is N / nonzeros over the prunable weights (the ratio GSM and
     PruneToRatio are asked for); MACs are per example, dense vs counting only
-    nonzero weights, and None where a layer's output shape is unknown.
+    nonzero weights: a kernel's size (or nonzeros) times the times its layer
+    applies it per example, as the layer family's rule counts them
+    (`surgery/rules.py`: output positions of a convolution, input positions
+    of a transposed one, sequence positions of a Dense or MultiHeadAttention
+    projection, steps of a recurrent layer, none for an Embedding lookup;
+    attention score products are not kernel MACs). None where a layer's
+    shapes are unknown or its family has no rule.
     """
 
     model_name: str
@@ -161,35 +158,24 @@ def _owner_layers(model):
     return owners
 
 
-def _positions(layer, shape):
-    """Output positions per example of one call of `layer` with output `shape`."""
-    if any(d is None for d in shape[1:]):
-        return None
-    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-    spatial = shape[2:] if channels_first else shape[1:-1]
-    return int(math.prod(spatial))
+def _shapes(values):
+    return {key: tuple(v.shape) for key, v in values if hasattr(v, "shape")}
 
 
-def _graph_positions(layer):
-    """Output positions per example from a functional graph (all nodes of a shared layer)."""
-    nodes = getattr(layer, "_inbound_nodes", [])
-    counts = [_positions(layer, node.outputs[0].shape) for node in nodes]
-    return None if not counts or None in counts else sum(counts)
-
-
-def _traced_positions(model, layers, input_shape):
-    """Output positions per example, by running `model` once on zeros of `input_shape`.
+def _traced_calls(model, layers, input_shape):
+    """{layer id: [(argument shapes, output shapes)]}, by running `model` once on zeros.
 
     For subclassed models, whose inner layers have no graph nodes: each
     layer's `call` is wrapped for the duration of one forward pass.
     """
-    counts = {id(layer): 0 for layer in layers}
+    calls = {id(layer): [] for layer in layers}
     for layer in layers:
         original = layer.call
 
         def recording(*args, _layer=layer, _call=original, **kwargs):
             outputs = _call(*args, **kwargs)
-            counts[id(_layer)] += _positions(_layer, tuple(outputs.shape))
+            inputs = _shapes([*enumerate(args), *kwargs.items()])
+            calls[id(_layer)].append((inputs, [tuple(y.shape) for y in keras.tree.flatten(outputs)]))
             return outputs
 
         layer.call = recording
@@ -198,7 +184,29 @@ def _traced_positions(model, layers, input_shape):
     finally:
         for layer in layers:
             del layer.call
-    return counts
+    return calls
+
+
+def _variable_positions(model, input_shape):
+    """{variable id: applications per example}, from each layer's rule and its calls."""
+    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+              if layer.weights]
+    if input_shape is not None:
+        traced = _traced_calls(model, layers, tuple(input_shape))
+    positions = {}
+    for layer in layers:
+        rule = rules.rule_for(layer)
+        if input_shape is not None:
+            counts = [rule.kernel_positions(layer, *call) for call in traced[id(layer)]]
+            counts = None if not counts or None in counts else {
+                w: sum(c[w] for c in counts) for w in counts[0]}
+        else:
+            nodes = getattr(layer, "_inbound_nodes", [])
+            counts = flops_lib.layer_positions(layer, nodes) if nodes else None
+        for path, variable in rules.weights_by_path(layer).items():
+            if counts and path in counts:
+                positions.setdefault(id(variable), counts[path])
+    return positions
 
 
 def sparsity_report(model, prunable=None, input_shape=None):
@@ -218,20 +226,12 @@ def sparsity_report(model, prunable=None, input_shape=None):
     """
     variables = prunable_lib.prunable_variables(model, prunable)
     owners = _owner_layers(model)
-    counted = {
-        id(layer): layer
-        for layer in owners.values()
-        if isinstance(layer, (keras.layers.Dense, *_CONV_TYPES))
-    }
-    if input_shape is not None:
-        positions_of = _traced_positions(model, list(counted.values()), tuple(input_shape))
-    else:
-        positions_of = {key: _graph_positions(layer) for key, layer in counted.items()}
+    positions_of = _variable_positions(model, input_shape)
     rows = []
     for variable in variables:
         value = keras.ops.convert_to_numpy(variable)
         layer = owners.get(id(variable))
-        positions = positions_of.get(id(layer)) if layer is not None else None
+        positions = positions_of.get(id(variable))
         rows.append(
             Row(
                 layer=layer.name if layer is not None else "?",

@@ -8,10 +8,9 @@ import numpy as np
 
 from keras_sparse_momentum.callbacks import state as state_lib
 from keras_sparse_momentum.callbacks.halving_search import HalvingSearch
-from keras_sparse_momentum.callbacks.prune_to_ratio import _MaskConstraint
-from keras_sparse_momentum.surgery.dead_units import _readers, _rows
+from keras_sparse_momentum.surgery import rules
 from keras_sparse_momentum.surgery.flops import kernel_macs
-from keras_sparse_momentum.surgery.graph import ChannelGraph
+from keras_sparse_momentum.surgery.graph import FOLLOWER, PRODUCER, ChannelGraph
 
 RESIDUAL = ("together", "skip")
 
@@ -54,17 +53,35 @@ def _following_batch_norm(channel_graph, node):
     return None
 
 
+class _ChannelMask(keras.constraints.Constraint):
+    """Multiplies a variable by a channel mask along `axis` after every optimizer update."""
+
+    def __init__(self, mask, axis, rank, inner=None):
+        self.mask = mask
+        self.shape = [1] * rank
+        self.shape[axis] = -1
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return w * keras.ops.cast(keras.ops.reshape(self.mask, self.shape), w.dtype)
+
+
 class _Probe:
     """Where one target space is read, and how to measure the damage there.
 
-    `entries`: (consumer, batch norm or None, index of the consumer's input in
-    the probe model's outputs, rows of that input per channel of the space).
+    `entries`: (reading call node, id of the input tensor it reads (None: a
+    MultiHeadAttention's heads), batch norm or None, rows of that input per
+    channel of the space); `inputs`: {tensor id: index in the probe model's
+    outputs} of every input of those calls.
     """
 
-    def __init__(self, space, name, entries):
+    def __init__(self, space, entries, inputs):
         self.space = space
-        self.name = name
+        self.name = space.name
         self.entries = entries
+        self.inputs = inputs
 
 
 class AOFP(keras.callbacks.Callback):
@@ -96,11 +113,17 @@ class AOFP(keras.callbacks.Callback):
     coincide. Pruning stops when the FLOPs reach the target; training goes on
     (fine-tuning the pruned network).
 
-    A pruned filter is masked in the real model: its producer kernel column
-    and bias, and the gamma and beta of its BatchNormalization (the bias of a
-    DepthwiseConv on the way), are multiplied by a 0/1 mask after every
-    optimizer update (a variable constraint, inside the compiled step), so
-    the channel is exactly zero. At `on_train_end` the masks are applied once
+    A MultiHeadAttention's heads are a target like a layer's filters: a
+    masked head is ablated in the per-head attention outputs before the
+    layer's output kernel, and the damage measured at that kernel's output.
+
+    A pruned filter is masked in the real model: every per-channel slice its
+    layers' rules mark (`surgery/rules.py`): its producer kernel column and
+    bias, the gamma and beta of its BatchNormalization, the kernel and bias of
+    a DepthwiseConv on the way, a head's query, key and value slices) is
+    multiplied by a 0/1 mask after every optimizer update (a variable
+    constraint, inside the compiled step), so the channel (head) is exactly
+    zero. At `on_train_end` the masks are applied once
     more (after an EMA swap) and the constraints removed: `ksm.strip(model)`
     then removes the pruned filters physically (dead-unit path) with the same
     outputs. If any filter was pruned, the moving mean and variance of every
@@ -129,8 +152,10 @@ class AOFP(keras.callbacks.Callback):
         iters_per_half: measurements before each decision (paper: 1000, one
             per step; here one every `measure_every` steps).
         layers: None (every layer whose channels can be removed: not feeding
-            a model output, a Flatten into an output, or an unsupported layer)
-            or a list of Dense/Conv layer names.
+            a model output, a Flatten into an output, or an unsupported layer,
+            and the heads of every MultiHeadAttention) or a list of Dense/Conv
+            layer names and '<attention layer>/heads'. A layer left whole
+            (LSTM, GRU, Embedding, ...) is refused with the reason.
         probe_data: held inputs (array, or list/dict for several inputs) on
             which the damage is measured; a few hundred training examples.
         measure_every: training steps between measurements (>= 1).
@@ -232,20 +257,24 @@ class AOFP(keras.callbacks.Callback):
     # -- set-up -------------------------------------------------------------
 
     def _targets(self, graph):
-        candidates = [s for s in graph.base_spaces() if _readers(graph, s)]
+        candidates = [s for s in graph.base_spaces() if graph.readers(s)]
         if self.residual == "skip":
             candidates = [s for s in candidates if len(s.producers) == 1]
         if self.layers is None:
             return candidates
-        by_name = {
-            layer.name: s for s in graph.base_spaces(include_pinned=True) for layer in s.producers
-        }
+        by_name = {}
+        for space in graph.base_spaces(include_pinned=True):
+            names = [space.name] if space.owner is not None else [p.name for p in space.producers]
+            by_name.update((name, space) for name in names)
+        refused = {getattr(layer, "name", None): reason for layer, reason in graph.refused.items()}
         chosen = []
         for name in self.layers:
             space = by_name.get(name)
             if space is None:
                 raise ValueError(
-                    f"AOFP: `layers` names '{name}', which is not a Dense/Conv layer of the model."
+                    f"AOFP: `layers` names '{name}', which is "
+                    + (f"left whole: {refused[name]}." if name in refused else
+                       "not a Dense/Conv layer (or '<attention layer>/heads') of the model.")
                 )
             if space not in candidates:
                 why = "; ".join(space.pins) or (
@@ -259,35 +288,37 @@ class AOFP(keras.callbacks.Callback):
         return [s for s in candidates if s in chosen]
 
     def _probe(self, graph, space, tensors):
-        entries = []
-        for consumer, reading in _readers(graph, space):
-            rows = [_rows(reading, space, c) for c in range(space.width)]
-            for node in graph.calls(consumer):
-                tensor = node.input_tensors[0]
-                if graph.space_of(tensor) is not reading:
+        def index(tensor):
+            if not any(tensor is t for t in tensors):
+                tensors.append(tensor)
+            return next(i for i, t in enumerate(tensors) if t is tensor)
+
+        entries, inputs = [], {}
+        for port, reading in graph.readers(space):
+            rows = [reading.rows(space, c) for c in range(space.width)]
+            for node in graph.calls(port.layer):
+                read = [t for t in node.input_tensors if any(t is r for r in port.tensors)]
+                if space.owner is None and not read:
                     continue
-                if not any(tensor is t for t in tensors):
-                    tensors.append(tensor)
-                index = next(i for i, t in enumerate(tensors) if t is tensor)
-                entries.append((consumer, _following_batch_norm(graph, node), index, rows))
-        name = "+".join(layer.name for layer in space.producers)
-        return _Probe(space, name, entries)
+                for t in node.input_tensors:
+                    inputs[id(t)] = index(t)
+                read = id(read[0]) if read else None
+                entries.append((node, read, _following_batch_norm(graph, node), rows))
+        return _Probe(space, entries, inputs)
 
     def _mask_space(self, space, mask):
-        """Hold the space's channels at `mask` through variable constraints."""
-        variables = []
-        for layer in space.producers:
-            kernel = layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
-            variables += [kernel, layer.bias]
-        for layer in space.transformers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                variables += [layer.gamma, layer.beta]
-            elif hasattr(layer, "depthwise_kernel"):
-                variables.append(layer.bias)
-        for variable in variables:
-            if variable is not None:
-                self._constrained.append((variable, variable.constraint))
-                variable.constraint = _MaskConstraint(mask, variable.constraint)
+        """Hold the space's channels at `mask`: every trainable per-channel slice of
+        its producers and followers, through variable constraints."""
+        for port in space.ports:
+            if port.part not in (PRODUCER, FOLLOWER):
+                continue
+            variables = rules.weights_by_path(port.layer)
+            for slot in port.slots:
+                variable = variables[slot.weight]
+                if variable.trainable:
+                    self._constrained.append((variable, variable.constraint))
+                    variable.constraint = _ChannelMask(
+                        mask, slot.axis, len(variable.shape), variable.constraint)
 
     def set_model(self, model):
         super().set_model(model)
@@ -415,9 +446,20 @@ class AOFP(keras.callbacks.Callback):
         """(sum ||y_base - y_ablated||^2, sum ||y_base||^2) of probe `i`."""
         ops = keras.ops
         damage = power = 0.0
-        for (consumer, batch_norm, index, _), keep in zip(self._probes[i].entries, keeps):
-            x = outputs[index]
-            base, ablated = consumer(x), consumer(x * keep)
+        probe = self._probes[i]
+        for (node, read, batch_norm, _), keep in zip(probe.entries, keeps):
+            values = {tid: outputs[j] for tid, j in probe.inputs.items()}
+            args, kwargs = node.arguments.fill_in(values)
+            layer = node.operation
+            if read is None:  # a MultiHeadAttention's heads, before its output kernel
+                heads = rules.rule_for(layer).head_outputs(layer, *args, **kwargs)
+                keep = ops.reshape(keep, (-1, 1))
+                base, ablated = layer.output_dense(heads), layer.output_dense(heads * keep)
+            else:
+                base = layer(*args, **kwargs)
+                values[read] = values[read] * keep
+                args, kwargs = node.arguments.fill_in(values)
+                ablated = layer(*args, **kwargs)
             if batch_norm is not None:
                 base = batch_norm(base, training=False)
                 ablated = batch_norm(ablated, training=False)
@@ -432,8 +474,9 @@ class AOFP(keras.callbacks.Callback):
             probe, search = self._probes[i], self._searches[i]
             masked = search.sample(self._rng)
             keeps = []
-            for _, _, index, rows in probe.entries:
-                keep = np.ones(outputs[index].shape[-1], "float32")
+            for _, read, _, rows in probe.entries:
+                width = probe.space.width if read is None else outputs[probe.inputs[read]].shape[-1]
+                keep = np.ones(width, "float32")
                 for c in masked:
                     keep[rows[c]] = 0.0
                 keeps.append(keep)

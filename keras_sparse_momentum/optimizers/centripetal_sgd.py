@@ -124,6 +124,7 @@ class CentripetalSGD(base.PruningSGD):
                 f"train: {missing[:6]}. Make the plan from this model (and keep the "
                 "clustered layers trainable)."
             )
+        self.plan.check_bound(variables)
         self._merges = []
         for variable in variables:
             merge = merges.get(variable.path)

@@ -1,15 +1,17 @@
 """ClusterPlan: which filters Centripetal SGD makes identical, and what merging them touches.
 
-Built on `ChannelGraph`: every non-pinned channel space with Dense/Conv
-producers is one clustering unit. Producers whose outputs meet at a residual
-`Add` (or `Multiply`, ...) share a space, hence one clustering (the C-SGD
-authors' "follow" rule). Besides the producers' kernels and biases, the plan
-lists every per-channel parameter living in a clustered space (through
-`Concatenate` offsets and `Flatten` rows too): BatchNormalization gamma, beta
-and moving statistics, DepthwiseConv kernels, PReLU alphas, and the depthwise
-half of a SeparableConv reading the space. Those are the variables
-`CentripetalSGD` pulls together and equalises, so that `strip` can keep one
-channel per cluster without changing the function.
+Built on `ChannelGraph`: every non-pinned channel space with producers is one
+clustering unit, and so are the heads of every MultiHeadAttention whose heads
+can be followed. Producers whose outputs meet at a residual `Add` (or
+`Multiply`, ...) share a space, hence one clustering (the C-SGD authors'
+"follow" rule). The plan lists every per-channel slice bound to a clustered
+space (through `Concatenate` offsets and `Flatten` rows too) that its layer's
+rule marks TAKE: producers' kernels and biases, BatchNormalization gamma, beta
+and moving statistics, DepthwiseConv kernels, PReLU alphas, the depthwise half
+of a SeparableConv reading the space, a head's query, key and value slices.
+Those are the variables `CentripetalSGD` pulls together and equalises, so that
+`strip` can keep one channel (head) per cluster, summing the readers' rows,
+without changing the function.
 """
 
 import dataclasses
@@ -21,19 +23,26 @@ import numpy as np
 
 from keras_sparse_momentum.surgery import graph as graph_lib
 from keras_sparse_momentum.surgery import kmeans as kmeans_lib
-from keras_sparse_momentum.surgery.rebuild import ChannelMap, composite_map
+from keras_sparse_momentum.surgery import rules
+from keras_sparse_momentum.surgery.graph import ChannelMap
+from keras_sparse_momentum.surgery.rules import KERNEL, STATISTIC, VECTOR  # noqa: F401
 
 METHODS = ("kmeans", "even")
-KERNEL, VECTOR, STATISTIC = "kernel", "vector", "statistic"
 
 
 @dataclasses.dataclass
 class ClusterGroup:
-    """One clustered channel space: its producers (layer names) and the clusters."""
+    """One clustered space: its producers (layer names), the clusters, and the unit
+    clustered ("channels", or "heads" of the MultiHeadAttention in `producers`)."""
 
     producers: list
     width: int
     clusters: list
+    unit: str = "channels"
+
+    @property
+    def name(self):
+        return self.producers[0] + "/heads" if self.unit != "channels" else ", ".join(self.producers)
 
     @property
     def kept(self):
@@ -90,45 +99,29 @@ def _check_keep_ratio(keep_ratio):
     return float(keep_ratio)
 
 
-def _output_kernel(layer):
-    """The kernel whose last axis is the layer's output channels."""
-    return layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel
-
-
-def _features(space):
-    """(width, d) rows to cluster: each filter's flattened weights, over all tied producers."""
+def features(space):
+    """(width, d) rows describing each channel (head) of a base space: its kernel
+    slices in every producer and follower, flattened (k-means points, L1 norms)."""
     blocks = []
-    for layer in space.producers:
-        kernel = keras.ops.convert_to_numpy(_output_kernel(layer))
-        blocks.append(kernel.reshape(-1, kernel.shape[-1]).T)
+    for port in space.ports:
+        if port.part == graph_lib.READER:
+            continue
+        variables = rules.weights_by_path(port.layer)
+        for slot in port.slots:
+            variable = variables[slot.weight]
+            if rules.slot_kind(variable, slot) == KERNEL:
+                value = np.moveaxis(keras.ops.convert_to_numpy(variable), slot.axis, -1)
+                blocks.append(value.reshape(-1, space.width).T)
     return np.concatenate(blocks, axis=1)
-
-
-def _producer_merges(layer, clusters):
-    merges = [VariableMerge(_output_kernel(layer).path, -1, KERNEL, clusters)]
-    if getattr(layer, "bias", None) is not None:
-        merges.append(VariableMerge(layer.bias.path, 0, VECTOR, clusters))
-    return merges
-
-
-def _transformer_merges(layer, clusters):
-    """Per-channel parameters of BatchNorm, DepthwiseConv, PReLU (axes as `rebuild` slices)."""
-    merges = []
-    for weight in layer.weights:
-        name = weight.name.split("/")[-1]
-        axis = -2 if (name == "kernel" and len(weight.shape) >= 3) else -1
-        if not weight.trainable:
-            kind = STATISTIC
-        elif name == "kernel":
-            kind = KERNEL
-        else:
-            kind = VECTOR
-        merges.append(VariableMerge(weight.path, axis, kind, clusters))
-    return merges
 
 
 def _layer_name(layer):
     return layer if isinstance(layer, str) else layer.name
+
+
+def _selectors(space):
+    """The names that select `space` in `layers=`: its producers, or '<layer>/heads'."""
+    return {space.name} if space.owner is not None else {layer.name for layer in space.producers}
 
 
 class ClusterPlan:
@@ -172,15 +165,17 @@ class ClusterPlan:
                 space: `ceil(keep_ratio * width)` clusters.
             method: "kmeans" (k-means on the flattened filters of the current
                 weights, the authors' default) or "even" (consecutive blocks).
-            layers: None (every producer that can be pruned) or names/layers of
-                Dense/Conv producers to cluster; a layer tied to others by a
-                residual `Add` brings its whole tie group.
+            layers: None (every producer that can be pruned, and the heads
+                of every MultiHeadAttention) or names/layers of Dense/Conv
+                producers to cluster, and '<attention layer>/heads'; a layer
+                tied to others by a residual `Add` brings its whole tie group.
             seed: seed of the k-means start (the plan is deterministic).
 
         Raises:
             ValueError: bad `keep_ratio`/`method`, a subclassed model, a layer
-                in `layers` that is not a producer or cannot be pruned (the
-                reason is given), or nothing prunable at all.
+                in `layers` that is not a producer or cannot be pruned (LSTM,
+                GRU, Embedding, ...: the reason is given), or nothing prunable
+                at all.
         """
         keep_ratio = _check_keep_ratio(keep_ratio)
         if method not in METHODS:
@@ -188,37 +183,44 @@ class ClusterPlan:
                 f"ClusterPlan: `method` must be one of {METHODS}. Received: method={method!r}"
             )
         channel_graph = graph_lib.ChannelGraph(model)
-        candidates = [s for s in channel_graph.spaces if s.is_base and s.producers]
+        candidates = channel_graph.base_spaces(include_pinned=True)
+        refused = {layer.name: reason for layer, reason in channel_graph.refused.items()
+                   if isinstance(layer, keras.layers.Layer) and layer.weights}
         wanted = None
         if layers is not None:
             wanted = {_layer_name(layer) for layer in layers}
-            known = {layer.name for s in candidates for layer in s.producers}
-            unknown = sorted(wanted - known)
+            whole = sorted(wanted & set(refused))
+            if whole:
+                reasons = "; ".join(refused[name] for name in whole)
+                raise ValueError(f"ClusterPlan: cannot prune {whole}: {reasons}.")
+            unknown = sorted(wanted - {n for s in candidates for n in _selectors(s)})
             if unknown:
                 raise ValueError(
-                    f"ClusterPlan: {unknown} are not Dense/Conv producers of model "
-                    f"'{model.name}' that channel surgery understands."
+                    f"ClusterPlan: {unknown} are not Dense/Conv producers (or "
+                    f"'<attention layer>/heads') of model '{model.name}' that channel "
+                    "surgery understands."
                 )
-        groups, skipped = [], []
+        groups, skipped = [], [([name], reason) for name, reason in refused.items()
+                               if wanted is None]
         for space in candidates:
             names = [layer.name for layer in space.producers]
-            if wanted is not None and not wanted.intersection(names):
+            if wanted is not None and not wanted.intersection(_selectors(space)):
                 continue
             if space.pinned:
                 if wanted is not None:
                     raise ValueError(
-                        f"ClusterPlan: cannot prune {names}: {'; '.join(space.pins)}."
+                        f"ClusterPlan: cannot prune {space.name}: {'; '.join(space.pins)}."
                     )
-                skipped.append((names, "; ".join(space.pins)))
+                skipped.append(([space.name] if space.owner else names, "; ".join(space.pins)))
                 continue
             kept = max(1, math.ceil(round(keep_ratio * space.width, 6)))
             if method == "even":
                 clusters = kmeans_lib.even_blocks(space.width, kept)
             else:
-                clusters = kmeans_lib.kmeans(_features(space), kept, seed=seed)
-            groups.append(ClusterGroup(names, space.width, clusters))
+                clusters = kmeans_lib.kmeans(features(space), kept, seed=seed)
+            groups.append(ClusterGroup(names, space.width, clusters, space.unit))
         if not groups:
-            reasons = "; ".join(f"{n}: {r}" for n, r in skipped) or "no Dense/Conv layer"
+            reasons = "; ".join(f"{', '.join(n)}: {r}" for n, r in skipped) or "no Dense/Conv layer"
             raise ValueError(
                 f"ClusterPlan: nothing in model '{model.name}' can be clustered ({reasons})."
             )
@@ -227,26 +229,21 @@ class ClusterPlan:
         return plan.bind(model)
 
     def _variable_merges(self, channel_graph):
+        """One VariableMerge per TAKE slot bound to a clustered space (one per variable)."""
         maps = self.channel_maps(channel_graph, include_singletons=True)
         merges = {}
-
-        def add(merge):
-            merges.setdefault(merge.path, merge)
-
         for space in channel_graph.spaces:
-            space_map = composite_map(space, maps)
+            space_map = space.map(maps)
             if space_map is None:
                 continue
-            if space.id in maps:
-                for layer in space.producers:
-                    for merge in _producer_merges(layer, space_map.groups):
-                        add(merge)
-            for layer in space.transformers:
-                for merge in _transformer_merges(layer, space_map.groups):
-                    add(merge)
-            for layer in space.consumers:
-                if getattr(layer, "depthwise_kernel", None) is not None:  # SeparableConv
-                    add(VariableMerge(layer.depthwise_kernel.path, -2, KERNEL, space_map.groups))
+            for port in space.ports:
+                variables = rules.weights_by_path(port.layer)
+                for slot in port.slots:
+                    if slot.mode == rules.TAKE:
+                        variable = variables[slot.weight]
+                        merges.setdefault(variable.path, VariableMerge(
+                            variable.path, slot.axis, rules.slot_kind(variable, slot),
+                            space_map.groups))
         return list(merges.values())
 
     def bind(self, model):
@@ -270,18 +267,14 @@ class ClusterPlan:
             ValueError: if the graph's spaces do not match the plan's (another
                 model, or an architecture changed since the plan was made).
         """
-        by_producers = {
-            frozenset(layer.name for layer in s.producers): s
-            for s in channel_graph.spaces
-            if s.is_base and s.producers
-        }
+        by_key = {s.key: s for s in channel_graph.base_spaces(include_pinned=True)}
         maps = {}
         for group in self.groups:
-            space = by_producers.get(frozenset(group.producers))
+            space = by_key.get((group.unit, frozenset(group.producers)))
             if space is None or space.width != group.width or space.pinned:
                 raise ValueError(
                     f"ClusterPlan does not match model '{channel_graph.model.name}': no "
-                    f"prunable channel space of width {group.width} produced by exactly "
+                    f"prunable space of {group.width} {group.unit} produced by exactly "
                     f"{group.producers}. Make the plan from this model."
                 )
             if include_singletons or any(len(c) > 1 for c in group.clusters):
@@ -320,6 +313,37 @@ class ClusterPlan:
                 worst = max(worst, merge.relative_distance(value))
         return worst
 
+    def unmerged(self, model):
+        """[(variable path, relative distance)] of the planned variables of `model`
+        (moving statistics included) whose clusters are not identical."""
+        values = {v.path: v for v in model.weights}
+        return [
+            (merge.path, distance)
+            for merge in self.merges
+            if merge.path in values
+            and (distance := merge.relative_distance(keras.ops.convert_to_numpy(values[merge.path])))
+        ]
+
+    def check_bound(self, variables):
+        """Raise if the plan is bound to a model that does not hold `variables`.
+
+        CentripetalSGD equalises the BatchNorm moving statistics of the bound
+        model at the end of `fit`; bound to another model (a copy with the same
+        architecture), the trained model's statistics would stay unmerged and
+        `strip(model, plan)` would change its function.
+        """
+        model = self.model
+        if model is None:
+            return
+        held = {id(v) for v in model.weights}
+        foreign = [v.path for v in variables if id(v) not in held]
+        if foreign:
+            raise ValueError(
+                f"ClusterPlan is bound to model '{model.name}', which does not hold the "
+                f"trained variables {foreign[:4]}: call `plan.bind(model)` with the model "
+                "being trained, so that its BatchNorm statistics are merged too."
+            )
+
     # -- serialisation and display -----------------------------------------------
 
     def to_dict(self):
@@ -357,7 +381,7 @@ class ClusterPlan:
         header = f"  {'producers':<44} {'width':>5} {'kept':>5}  cluster sizes"
         lines += [header, "  " + "-" * (len(header) - 2)]
         for g in self.groups:
-            names = ", ".join(g.producers)
+            names = g.name
             if len(names) > 44:
                 names = names[:41] + "..."
             sizes = [len(c) for c in g.clusters]

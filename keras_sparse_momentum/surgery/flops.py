@@ -1,43 +1,44 @@
 """Multiply-accumulates of a model if some channel spaces were narrower.
 
-The count is the one `sparsity_report` calls *dense MACs*: for every kernel of
-rank >= 2 of a Dense / Conv / DepthwiseConv / SeparableConv layer, its size
-times the layer's output positions per example (biases, normalisation and
-activations are not counted). Here every kernel axis that indexes a channel
-space is scaled by the fraction of that space's channels still alive, so the
-number is exactly the dense MACs of the model `strip` would build once the
-other channels are removed. C-SGD and AOFP use it to aim at a FLOPs target.
+The count is the one `sparsity_report` calls *dense MACs*: every prunable
+kernel's size times the number of times its layer applies it per example (its
+rule's `kernel_positions`: output positions of a convolution, sequence
+positions of a Dense on sequences or of a MultiHeadAttention projection, steps
+of a recurrent layer); biases, normalisation, activations and the attention
+score products are not counted. Here every kernel axis bound to a channel space
+(or to a MultiHeadAttention's heads) is scaled by the fraction of that space's
+channels still alive, so the number is exactly the dense MACs of the model
+`strip` would build once the other channels are removed. C-SGD and AOFP use it
+to aim at a FLOPs target.
 """
 
 import math
 
-import keras
-
 from keras_sparse_momentum import prunable as prunable_lib
-from keras_sparse_momentum.surgery import graph as graph_lib
-
-_MAC_TYPES = (
-    keras.layers.Dense,
-    *graph_lib._CONV_TYPES,
-    *graph_lib._SEPARABLE_TYPES,
-    *graph_lib._DEPTHWISE_TYPES,
-)
+from keras_sparse_momentum.surgery import rules
 
 
-def live_width(space, widths):
-    """Live channels of any space, derived ones computed from their sources."""
-    if space.concat_parts is not None:
-        return sum(live_width(part, widths) for part, _ in space.concat_parts)
-    if space.flat_source is not None:
-        return space.flat_positions * live_width(space.flat_source, widths)
-    return widths.get(space.id, space.width)
+def call_shapes(node):
+    """({argument position or name: shape}, [output shapes]) of a functional call node."""
+    inputs = {}
+    for position, arg in enumerate(node.arguments.args):
+        if hasattr(arg, "shape"):
+            inputs[position] = tuple(arg.shape)
+    for name, arg in node.arguments.kwargs.items():
+        if hasattr(arg, "shape"):
+            inputs[name] = tuple(arg.shape)
+    return inputs, [tuple(t.shape) for t in node.outputs]
 
 
-def _positions(channel_graph, layer):
-    total = 0
-    for node in channel_graph.calls(layer):
-        shape = node.outputs[0].shape
-        total += int(math.prod(shape[1:-1]))
+def layer_positions(layer, nodes):
+    """{weight path: applications per example} summed over `nodes`, None if unknown."""
+    total = {}
+    for node in nodes:
+        positions = rules.rule_for(layer).kernel_positions(layer, *call_shapes(node))
+        if positions is None:
+            return None
+        for weight, count in positions.items():
+            total[weight] = total.get(weight, 0) + count
     return total
 
 
@@ -53,23 +54,17 @@ def kernel_macs(channel_graph, widths=None):
         (for models whose kernels all sit in layers of the graph).
     """
     widths = widths or {}
-    total = 0
-    for layer, role in channel_graph.layer_roles.items():
-        if not isinstance(layer, _MAC_TYPES):
-            continue
-        scale_in = scale_out = 1.0
-        if role != graph_lib.UNKNOWN:
-            source = channel_graph.input_space(layer)
-            target = channel_graph.output_space(layer)
-            scale_in = live_width(source, widths) / source.width
-            scale_out = live_width(target, widths) / target.width
-        positions = _positions(channel_graph, layer)
-        for variable in layer.trainable_weights:
-            if not prunable_lib.is_default_prunable(variable):
-                continue
-            # A depthwise kernel has one filter per input channel; the others
-            # read the input space and write the output space.
-            depthwise = role == graph_lib.TRANSFORMER or variable.name == "depthwise_kernel"
-            scale = scale_in if depthwise else scale_in * scale_out
-            total += math.prod(variable.shape) * scale * positions
+    total = 0.0
+    for layer in channel_graph.layer_roles:
+        positions = layer_positions(layer, channel_graph.calls(layer)) or {}
+        variables = rules.weights_by_path(layer)
+        scales = {}
+        for space, port in channel_graph.ports(layer):
+            for slot in port.slots:
+                scales.setdefault(slot.weight, {})[slot.axis] = space.live_width(widths) / space.width
+        for weight, count in positions.items():
+            variable = variables[weight]
+            if variable.trainable and prunable_lib.is_default_prunable(variable):
+                scale = math.prod(scales.get(weight, {}).values())
+                total += math.prod(variable.shape) * scale * count
     return int(round(total))

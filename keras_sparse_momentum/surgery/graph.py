@@ -5,17 +5,22 @@ a Dense/Conv output, then everything it flows through unchanged channel-wise
 (activations, BatchNormalization, pooling, Dropout, padding, depthwise convs,
 global pooling) and everything it is merged with element-wise (`Add`,
 `Multiply`, ...: the residual ties). Removing or merging channel `j` must happen
-in the whole space at once: in every *producer* (the Dense/Conv layers whose
-output channels define it), every *transformer* (layers with per-channel
-parameters: BatchNormalization, DepthwiseConv, PReLU), and every *consumer*
-(the Dense/Conv layers whose kernel reads it on its input axis).
+in the whole space at once, in every *port* bound to it: the *producers* (the
+kernels whose output channels define it), the *followers* (per-channel
+parameters on the way: BatchNormalization, DepthwiseConv, PReLU) and the
+*readers* (the kernels reading it on their input axis). What each layer binds,
+and on which weight axes, is its rule's (`rules.py`); this module only joins
+the calls of a graph into spaces. A MultiHeadAttention's heads form a space of
+their own (`unit="heads"`), bound to that layer alone.
 
 `Concatenate` makes a derived space laid out from its inputs' spaces with
 offsets; a channels-last `Flatten` makes a derived space whose rows of channel
-`c` are `s * C + c` for every spatial position `s`. A space that reaches a model
-output, a model input, or a layer this module does not understand is *pinned*:
-its width must not change, and the reasons are recorded. This one analysis
-serves `strip` (dead units), `ClusterPlan` (C-SGD) and `AOFP`.
+`c` are `s * C + c` for every spatial position `s`. Both are kept as one list
+of *segments* `(base space, offset)`, the only index map: `rows`, `map` and
+`live_width` read it. A space that reaches a model output, a model input, or a
+layer its rule refuses is *pinned*: its width must not change, and the reasons
+are recorded. This one analysis serves `strip` (dead units), `ClusterPlan`
+(C-SGD), `AOFP` and the FLOPs count.
 """
 
 import dataclasses
@@ -23,151 +28,91 @@ import math
 
 import keras
 
-_CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_SEPARABLE_TYPES = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-_DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-_TRANSPOSE_TYPES = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_CHANNELWISE_TYPES = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
-    keras.layers.ActivityRegularization,
-    keras.layers.Identity,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalAveragePooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.Cropping3D,
-    keras.layers.UpSampling1D,
-    keras.layers.UpSampling2D,
-    keras.layers.UpSampling3D,
-)
-_MERGE_TYPES = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-    keras.layers.Multiply,
-)
-# Element-wise Keras operations that appear in functional graphs as `x + y`.
-_ELEMENTWISE_OP_NAMES = {"Add", "Subtract", "Multiply", "Maximum", "Minimum"}
-_CHANNEL_MIXING_ACTIVATIONS = {"softmax", "log_softmax"}
-
-PRODUCER, CHANNELWISE, TRANSFORMER, MERGE, CONCAT, FLATTEN, INPUT, UNKNOWN = (
-    "producer",
-    "channelwise",
-    "transformer",
-    "merge",
-    "concat",
-    "flatten",
-    "input",
-    "unknown",
+from keras_sparse_momentum.surgery import rules
+from keras_sparse_momentum.surgery.rules import (  # noqa: F401  (the roles, re-exported)
+    CHANNELWISE,
+    CONCAT,
+    FLATTEN,
+    INPUT,
+    MERGE,
+    PRODUCER,
+    TRANSFORMER,
+    UNKNOWN,
 )
 
-
-def _channels_last(layer):
-    return getattr(layer, "data_format", "channels_last") == "channels_last"
+FOLLOWER, READER = "follower", "reader"
 
 
-def classify(layer, input_rank=None):
-    """The role of a layer (or Keras operation) in channel surgery, with a reason if unknown.
+@dataclasses.dataclass
+class ChannelMap:
+    """New channel `k` stands for the old channels `groups[k]`.
 
-    `input_rank` is the rank of the input of the call being classified; it is
-    only needed for BatchNormalization with a positive axis and defaults to the
-    layer's own (single) input, which shared layers do not have.
+    TAKE slots keep `groups[k][0]`; SUM slots (consumers' input rows) are
+    summed over `groups[k]` (exact when the group's channels are identical,
+    as C-SGD makes them). Old channels in no group are removed.
     """
-    if isinstance(layer, keras.layers.InputLayer):
-        return INPUT, None
-    if isinstance(layer, keras.Model):
-        return UNKNOWN, f"nested model '{layer.name}'"
-    if isinstance(layer, _TRANSPOSE_TYPES):
-        return UNKNOWN, f"transposed convolution '{layer.name}'"
-    if isinstance(layer, keras.layers.Dense):
-        if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
-            return UNKNOWN, f"LoRA or quantized Dense '{layer.name}'"
-        return PRODUCER, None
-    if isinstance(layer, _SEPARABLE_TYPES):
-        if not _channels_last(layer) or layer.depth_multiplier != 1:
-            return UNKNOWN, f"'{layer.name}': channels_first or depth_multiplier != 1"
-        return PRODUCER, None
-    if isinstance(layer, _DEPTHWISE_TYPES):
-        if not _channels_last(layer) or layer.depth_multiplier != 1:
-            return UNKNOWN, f"'{layer.name}': channels_first or depth_multiplier != 1"
-        return TRANSFORMER, None
-    if isinstance(layer, _CONV_TYPES):
-        if not _channels_last(layer) or getattr(layer, "groups", 1) != 1:
-            return UNKNOWN, f"'{layer.name}': channels_first or grouped convolution"
-        return PRODUCER, None
-    if isinstance(layer, keras.layers.BatchNormalization):
-        axis = layer.axis if isinstance(layer.axis, int) else None
-        if input_rank is None and axis not in (None, -1):
-            input_rank = len(layer.input.shape)
-        if axis is None or axis not in (-1, (input_rank or 0) - 1):
-            return UNKNOWN, f"BatchNormalization '{layer.name}' not on the channel axis"
-        return TRANSFORMER, None
-    if isinstance(layer, keras.layers.PReLU):
-        return TRANSFORMER, None
-    if isinstance(layer, keras.layers.Activation):
-        name = getattr(layer.activation, "__name__", "")
-        if name in _CHANNEL_MIXING_ACTIVATIONS:
-            return UNKNOWN, f"'{layer.name}': {name} mixes channels"
-        return CHANNELWISE, None
-    if isinstance(layer, _CHANNELWISE_TYPES):
-        if not _channels_last(layer):
-            return UNKNOWN, f"'{layer.name}': channels_first"
-        return CHANNELWISE, None
-    if isinstance(layer, _MERGE_TYPES):
-        return MERGE, None
-    if isinstance(layer, keras.layers.Concatenate):
-        return CONCAT, None
-    if isinstance(layer, keras.layers.Flatten):
-        if not _channels_last(layer):
-            return UNKNOWN, f"'{layer.name}': channels_first Flatten"
-        return FLATTEN, None
-    if not isinstance(layer, keras.layers.Layer) and type(layer).__name__ in _ELEMENTWISE_OP_NAMES:
-        return MERGE, None
-    return UNKNOWN, f"'{getattr(layer, 'name', layer)}' ({type(layer).__name__}) is not supported"
+
+    groups: list
+
+    @property
+    def firsts(self):
+        return [g[0] for g in self.groups]
+
+    @property
+    def width(self):
+        return len(self.groups)
+
+    @classmethod
+    def keep(cls, channels):
+        """Keep the listed channels, each on its own."""
+        return cls([[int(c)] for c in channels])
+
+
+@dataclasses.dataclass(eq=False)
+class Port:
+    """`layer`'s weight axes `slots` index the channels of a space, as its `part`
+    (PRODUCER, FOLLOWER or READER); `tensors` are the tensors a reader reads."""
+
+    layer: object
+    part: str
+    slots: tuple
+    tensors: list = dataclasses.field(default_factory=list)
+
+
+def _unique(layers):
+    out = []
+    for layer in layers:
+        if layer not in out:
+            out.append(layer)
+    return out
 
 
 @dataclasses.dataclass(eq=False)
 class Space:
-    """A set of tensors sharing one channel index, and the layers bound to it."""
+    """A set of tensors sharing one channel index (or a layer's heads), and the ports bound to it."""
 
     id: int
     width: int
-    producers: list = dataclasses.field(default_factory=list)
-    transformers: list = dataclasses.field(default_factory=list)
-    consumers: list = dataclasses.field(default_factory=list)
+    ports: list = dataclasses.field(default_factory=list)
     pins: list = dataclasses.field(default_factory=list)
-    concat_parts: list | None = None  # [(Space, offset)] for a Concatenate output
-    flat_source: "Space | None" = None  # the space a Flatten output derives from
-    flat_positions: int = 0  # spatial positions per channel in that Flatten
+    segments: list | None = None  # [(base Space, offset)] for a Concatenate / Flatten output
+    unit: str = "channels"
+    owner: object = None  # the layer holding an inner space
+
+    def _layers(self, part):
+        return _unique(p.layer for p in self.ports if p.part == part)
+
+    @property
+    def producers(self):
+        return self._layers(PRODUCER)
+
+    @property
+    def transformers(self):
+        return self._layers(FOLLOWER)
+
+    @property
+    def consumers(self):
+        return self._layers(READER)
 
     @property
     def pinned(self):
@@ -175,11 +120,45 @@ class Space:
 
     @property
     def is_base(self):
-        return self.concat_parts is None and self.flat_source is None
+        return self.segments is None
+
+    @property
+    def name(self):
+        """How reports and `layers=` arguments name the space."""
+        if self.owner is not None:
+            return f"{self.owner.name}/{self.unit}"
+        return "+".join(layer.name for layer in self.producers)
+
+    @property
+    def key(self):
+        return self.unit, frozenset(layer.name for layer in self.producers)
+
+    def rows(self, base, channel):
+        """Indices of this space where channel `channel` of base space `base` appears."""
+        if self is base:
+            return [channel]
+        return [offset + channel for b, offset in self.segments or [] if b is base]
+
+    def map(self, maps):
+        """The ChannelMap of this space given maps of base spaces, or None if unchanged."""
+        if self.segments is None:
+            return maps.get(self.id)
+        if all(b.id not in maps for b, _ in self.segments):
+            return None
+        groups = []
+        for base, offset in self.segments:
+            base_map = maps.get(base.id) or ChannelMap.keep(range(base.width))
+            groups.extend([[offset + c for c in g] for g in base_map.groups])
+        return ChannelMap(groups)
+
+    def live_width(self, widths):
+        """Channels left if base spaces had the widths `widths` ({space id: width})."""
+        if self.segments is None:
+            return widths.get(self.id, self.width)
+        return sum(widths.get(b.id, b.width) for b, _ in self.segments)
 
     def __repr__(self):
-        names = ", ".join(layer.name for layer in self.producers)
-        return f"Space({self.id}, width={self.width}, producers=[{names}], pinned={self.pinned})"
+        return f"Space({self.id}, {self.name!r}, width={self.width}, pinned={self.pinned})"
 
 
 class _UnionFind:
@@ -215,171 +194,199 @@ def functional_graph(model):
     return graph.inputs, graph.outputs, nodes
 
 
+def _present(layer, slots):
+    names = rules.weights_by_path(layer)
+    return tuple(s for s in slots if s.weight in names)
+
+
 class ChannelGraph:
     """The channel spaces of a model, with every layer's place in them.
 
     Attributes:
         model: the analysed model.
         nodes: its call nodes, inputs first.
-        spaces: the spaces, in order of first appearance.
+        spaces: the spaces, in order of first appearance (inner spaces last).
         layer_roles: {layer: role} for every operation in the graph.
         unsupported: reasons for every pin, for reports.
+        refused: {layer: reason} for the layers left whole.
     """
 
     def __init__(self, model):
         self.model = model
         inputs, outputs, self.nodes = functional_graph(model)
         self.inputs, self.outputs = list(inputs), list(outputs)
-        self.layer_roles = {}
-        self.unsupported = []
+        self.layer_roles, self.refused, self.unsupported = {}, {}, []
         uf = _UnionFind()
-        derived = {}  # tensor id -> ("concat", [tensor ids]) / ("flat", tensor id, positions)
-        producers, transformers, consumers, pins = {}, {}, {}, {}
-        widths = {}
-        tensor_of = {}
+        derived = {}  # tensor id -> [(tensor id, positions)] of its sources
+        ports, pins, widths = {}, {}, {}
+        inner = {}  # layer -> Space
 
         def pin(tid, reason):
             pins.setdefault(tid, []).append(reason)
+
+        def bind(tid, port):
+            ports.setdefault(tid, []).append(port)
 
         for tensor in inputs:
             pin(id(tensor), "model input")
         for node in self.nodes:
             op = node.operation
-            ins = [t for t in node.input_tensors]
-            role, reason = classify(op, len(ins[0].shape) if ins else None)
-            self.layer_roles[op] = role
-            outs = list(node.outputs)
+            rule = rules.rule_for(op)
+            role, reason = rules.classify(op, node)
+            ins, outs = list(node.input_tensors), list(node.outputs)
             for t in ins + outs:
-                tensor_of[id(t)] = t
                 widths[id(t)] = t.shape[-1] if len(t.shape) else None
                 uf.find(id(t))
             if role == INPUT:
+                self.layer_roles[op] = role
                 continue
-            same_width = all(
-                widths[id(t)] == widths[id(outs[0])] for t in ins + outs
-            ) and len(outs) == 1
+            same_width = len(outs) == 1 and all(widths[id(t)] == widths[id(outs[0])] for t in ins)
             if role in (CHANNELWISE, TRANSFORMER, MERGE) and not same_width:
                 role, reason = UNKNOWN, f"'{getattr(op, 'name', op)}' changes or broadcasts channels"
-                self.layer_roles[op] = role
             if role == PRODUCER:
+                bind(id(outs[0]), Port(op, PRODUCER, _present(op, rule.out_slots(op))))
+                read = set()
+                for position, name, slots in rule.in_slots(op):
+                    tensor = rules.call_argument(node, position, name)
+                    if tensor is None and name == "key":  # MultiHeadAttention: key = value
+                        tensor = rules.call_argument(node, 1, "value")
+                    if tensor is not None:
+                        bind(id(tensor), Port(op, READER, _present(op, slots), [tensor]))
+                        read.add(id(tensor))
                 for t in ins:
-                    consumers.setdefault(id(t), []).append(op)
-                producers.setdefault(id(outs[0]), []).append(op)
+                    if id(t) not in read:
+                        pin(id(t), f"an input of '{op.name}' that no kernel reads")
+                for t in outs[1:]:
+                    pin(id(t), f"second output of '{op.name}'")
+                self._add_inner(op, rule, node, inner)
             elif role in (CHANNELWISE, TRANSFORMER, MERGE):
                 for t in ins:
                     uf.union(id(outs[0]), id(t))
                 if role == TRANSFORMER:
-                    transformers.setdefault(id(outs[0]), []).append(op)
+                    bind(id(outs[0]), Port(op, FOLLOWER, _present(op, rule.out_slots(op))))
             elif role == CONCAT:
-                axis = op.axis
-                if len(outs) != 1 or axis not in (-1, len(outs[0].shape) - 1):
-                    role, reason = UNKNOWN, f"Concatenate '{op.name}' not on the channel axis"
-                    self.layer_roles[op] = role
-                else:
-                    derived[id(outs[0])] = ("concat", [id(t) for t in ins])
+                derived[id(outs[0])] = [(id(t), 1) for t in ins]
             elif role == FLATTEN:
-                shape = ins[0].shape
-                if any(d is None for d in shape[1:]):
-                    role, reason = UNKNOWN, f"Flatten '{op.name}' with unknown spatial size"
-                    self.layer_roles[op] = role
-                else:
-                    positions = int(math.prod(shape[1:-1]))
-                    derived[id(outs[0])] = ("flat", id(ins[0]), positions)
+                positions = int(math.prod(ins[0].shape[1:-1]))
+                derived[id(outs[0])] = [(id(ins[0]), positions)]
             if role == UNKNOWN:
+                self.refused.setdefault(op, reason)
                 self.unsupported.append(reason)
                 for t in ins + outs:
                     pin(id(t), reason)
+            self.layer_roles[op] = role
         for tensor in outputs:
             pin(id(tensor), "model output")
 
         # Shared layers: one kernel, so all their calls share the spaces.
         for op in self.layer_roles:
-            calls = [n for n in self.nodes if n.operation is op]
-            if len(calls) > 1:
-                for other in calls[1:]:
-                    for a, b in zip(calls[0].outputs, other.outputs):
-                        uf.union(id(a), id(b))
-                    for a, b in zip(calls[0].input_tensors, other.input_tensors):
-                        uf.union(id(a), id(b))
+            calls = self.calls(op)
+            for other in calls[1:]:
+                for a, b in zip(calls[0].outputs, other.outputs):
+                    uf.union(id(a), id(b))
+                for a, b in zip(calls[0].input_tensors, other.input_tensors):
+                    uf.union(id(a), id(b))
 
-        # Collect spaces.
-        self._space_of = {}
-        self.spaces = []
+        self._space_of, self.spaces = {}, []
         by_root = {}
         for tid in list(uf.parent):
             root = uf.find(tid)
             if root not in by_root:
-                space = Space(id=len(self.spaces), width=widths.get(tid))
-                by_root[root] = space
-                self.spaces.append(space)
+                by_root[root] = Space(id=len(self.spaces), width=widths.get(tid))
+                self.spaces.append(by_root[root])
             space = by_root[root]
             self._space_of[tid] = space
-            for layer in producers.get(tid, []):
-                if layer not in space.producers:
-                    space.producers.append(layer)
-            for layer in transformers.get(tid, []):
-                if layer not in space.transformers:
-                    space.transformers.append(layer)
-            for layer in consumers.get(tid, []):
-                if layer not in space.consumers:
-                    space.consumers.append(layer)
+            for port in ports.get(tid, []):
+                _add_port(space, port)
             for reason in pins.get(tid, []):
                 if reason not in space.pins:
                     space.pins.append(reason)
-        for tid, definition in derived.items():
+        for tid, sources in derived.items():
             space = self._space_of[tid]
             if space.producers or not space.is_base:
                 space.pins.append("derived space merged with another definition")
                 continue
-            if definition[0] == "concat":
-                offset, parts = 0, []
-                for part_tid in definition[1]:
-                    part = self._space_of[part_tid]
-                    parts.append((part, offset))
-                    offset += part.width
-                space.concat_parts = parts
-            else:
-                space.flat_source = self._space_of[definition[1]]
-                space.flat_positions = definition[2]
+            space.segments = []
+            for source_tid, positions in sources:
+                source = self._space_of[source_tid]
+                base = source.segments if source.segments is not None else [(source, 0)]
+                start = sum(b.width for b, _ in space.segments)
+                for p in range(positions):
+                    space.segments += [(b, start + p * source.width + o) for b, o in base]
         for space in self.spaces:
             if space.is_base and not space.producers:
                 space.pins.append("no Dense/Conv producer")
-        self._propagate_pins()
+        for space in inner.values():
+            space.id = len(self.spaces)
+            self.spaces.append(space)
+        for space in self.spaces:  # a pinned derived space pins its sources
+            if space.pinned and not space.is_base:
+                for base, _ in space.segments:
+                    reason = f"feeds pinned derived space {space.id}"
+                    if reason not in base.pins:
+                        base.pins.append(reason)
+        self._ports_of = {}
+        for space in self.spaces:
+            for port in space.ports:
+                self._ports_of.setdefault(port.layer, []).append((space, port))
 
-    def _propagate_pins(self):
-        """A pinned derived space pins its sources; a pinned source freezes nothing else."""
-        changed = True
-        while changed:
-            changed = False
-            for space in self.spaces:
-                if not space.pinned:
-                    continue
-                sources = [p for p, _ in space.concat_parts or []]
-                if space.flat_source is not None:
-                    sources.append(space.flat_source)
-                for source in sources:
-                    if not source.pinned:
-                        source.pins.append(f"feeds pinned derived space {space.id}")
-                        changed = True
+    def _add_inner(self, op, rule, node, inner):
+        """The inner space (MultiHeadAttention heads) of a producer, once per layer."""
+        spec = rule.inner(op)
+        if spec is None:
+            return
+        if op not in inner:
+            space = Space(id=-1, width=spec.width, unit=spec.unit, owner=op)
+            for part, slots in ((PRODUCER, spec.producers), (FOLLOWER, spec.followers),
+                                (READER, spec.readers)):
+                _add_port(space, Port(op, part, _present(op, slots)))
+            inner[op] = space
+        reason = rule.inner_refusal(op, node)
+        if reason is not None and reason not in inner[op].pins:
+            inner[op].pins.append(reason)
 
     def space_of(self, tensor):
         """The space of a KerasTensor of the graph."""
         return self._space_of[id(tensor)]
 
     def base_spaces(self, include_pinned=False):
-        """Spaces defined by Dense/Conv producers (the ones surgery can change)."""
+        """Spaces defined by producers (the ones surgery can change), inner ones included."""
         return [
             s for s in self.spaces if s.is_base and s.producers and (include_pinned or not s.pinned)
         ]
+
+    def inner_space(self, layer):
+        """The inner space (heads) of `layer`, or None."""
+        return next((s for s in self.spaces if s.owner is layer), None)
+
+    def ports(self, layer):
+        """[(space, port)] of every space `layer` is bound to."""
+        return self._ports_of.get(layer, [])
+
+    def readers(self, base):
+        """[(reader port, reading space)] of every space that carries `base`'s channels."""
+        pairs = []
+        for space in self.spaces:
+            if space is base or (space.segments and any(b is base for b, _ in space.segments)):
+                pairs.extend((p, space) for p in space.ports if p.part == READER)
+        return pairs
 
     def calls(self, layer):
         """The call nodes of `layer` in this graph."""
         return [n for n in self.nodes if n.operation is layer]
 
     def input_space(self, layer):
-        """The space a Dense/Conv layer reads on its kernel's input axis."""
-        return self.space_of(self.calls(layer)[0].input_tensors[0])
+        """The space a producer reads on its (first) kernel input axis."""
+        return next(s for s, p in self.ports(layer) if p.part == READER and s.owner is None)
 
     def output_space(self, layer):
         """The space a layer's output belongs to."""
         return self.space_of(self.calls(layer)[0].outputs[0])
+
+
+def _add_port(space, port):
+    for known in space.ports:
+        if (known.layer, known.part, known.slots) == (port.layer, port.part, port.slots):
+            known.tensors.extend(t for t in port.tensors if all(t is not k for k in known.tensors))
+            return
+    space.ports.append(port)

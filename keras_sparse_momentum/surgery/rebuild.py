@@ -1,99 +1,72 @@
 """Build the thinner model: apply a channel map to every space of a ChannelGraph."""
 
-import dataclasses
-
 import keras
 import numpy as np
 
-from keras_sparse_momentum.surgery import graph as graph_lib
+from keras_sparse_momentum.surgery import rules
+from keras_sparse_momentum.surgery.graph import PRODUCER, READER, ChannelMap  # noqa: F401  (ChannelMap: public here)
 
 
-@dataclasses.dataclass
-class ChannelMap:
-    """New channel `k` stands for the old channels `groups[k]`.
-
-    Producers and per-channel layers keep `groups[k][0]`; consumers sum their
-    input rows over `groups[k]` (exact when the group's channels are identical,
-    as C-SGD makes them). Old channels in no group are removed.
-    """
-
-    groups: list
-
-    @property
-    def firsts(self):
-        return [g[0] for g in self.groups]
-
-    @property
-    def width(self):
-        return len(self.groups)
-
-    @classmethod
-    def keep(cls, channels):
-        """Keep the listed channels, each on its own."""
-        return cls([[int(c)] for c in channels])
-
-
-def composite_map(space, maps):
-    """The map of any space (derived ones built from their sources), or None if unchanged."""
-    if space.concat_parts is not None:
-        parts = [(composite_map(part, maps), part, offset) for part, offset in space.concat_parts]
-        if all(m is None for m, _, _ in parts):
-            return None
-        groups = []
-        for m, part, offset in parts:
-            m = m or ChannelMap.keep(range(part.width))
-            groups.extend([[offset + c for c in g] for g in m.groups])
-        return ChannelMap(groups)
-    if space.flat_source is not None:
-        source = composite_map(space.flat_source, maps)
-        if source is None:
-            return None
-        width = space.flat_source.width
-        return ChannelMap(
-            [
-                [position * width + c for c in g]
-                for position in range(space.flat_positions)
-                for g in source.groups
-            ]
+def apply_slot(value, slot, space_map):
+    """`value` with its `slot` axis resized by `space_map` (TAKE: firsts, SUM: group sums)."""
+    if slot.mode == rules.SUM:
+        return np.stack(
+            [np.take(value, g, axis=slot.axis).sum(axis=slot.axis) for g in space_map.groups],
+            axis=slot.axis,
         )
-    return maps.get(space.id)
+    return np.take(value, space_map.firsts, axis=slot.axis)
 
 
-def _gather(array, indices, axis):
-    return np.take(array, indices, axis=axis)
+def _width_key(space, port):
+    """Which width of the layer a space sets: its inner units, its input or its output."""
+    if space.owner is not None:
+        return "inner"
+    return "in" if port.part == READER else "out"
 
 
-def _gather_sum(array, groups, axis):
-    return np.stack([np.take(array, g, axis=axis).sum(axis=axis) for g in groups], axis=axis)
+def _plan_layer(channel_graph, layer, maps, deltas):
+    """(new config or None, {weight path: new value}) of one layer; (None, None) if unchanged."""
+    if not deltas and all(space.map(maps) is None for space, _ in channel_graph.ports(layer)):
+        return None, None
+    rule = rules.rule_for(layer)
+    variables = rules.weights_by_path(layer)
+    values = {path: keras.ops.convert_to_numpy(v) for path, v in variables.items()}
+    config, widths, created = None, {}, set()
+    for weight, delta in deltas.items():  # old output indexing: before any slicing
+        if weight not in values:
+            config = rule.with_bias(layer, config or layer.get_config())
+            values[weight], created = np.zeros_like(delta), created | {weight}
+        values[weight] = values[weight] + delta
+    for space, port in channel_graph.ports(layer):
+        space_map = space.map(maps)
+        if space_map is None:
+            continue
+        slots = port.slots
+        if port.part == PRODUCER:  # a bias just created follows the output channels
+            slots += tuple(s for s in rule.out_slots(layer) if s.weight in created)
+        for slot in slots:
+            values[slot.weight] = apply_slot(values[slot.weight], slot, space_map)
+        widths[_width_key(space, port)] = space_map.width
+    if widths:
+        config = rule.resize(layer, config or layer.get_config(), widths)
+    return config, values
 
 
-def _producer_weights(layer, values, in_map, out_map, bias_delta):
-    """New weights of a Dense/Conv/SeparableConv for changed input and/or output spaces."""
-    values = dict(values)
-    kernel_name = "pointwise_kernel" if "pointwise_kernel" in values else "kernel"
-    kernel = values[kernel_name]
-    in_axis = 0 if kernel.ndim == 2 else kernel.ndim - 2
-    if in_map is not None:
-        kernel = _gather_sum(kernel, in_map.groups, in_axis)
-        if "depthwise_kernel" in values:
-            values["depthwise_kernel"] = _gather(values["depthwise_kernel"], in_map.firsts, -2)
-    if bias_delta is not None:
-        values["bias"] = values.get("bias", 0) + bias_delta
-    if out_map is not None:
-        kernel = _gather(kernel, out_map.firsts, -1)
-        if "bias" in values:
-            values["bias"] = _gather(values["bias"], out_map.firsts, 0)
-    values[kernel_name] = kernel
-    return values
-
-
-def _transformer_weights(layer, values, space_map):
-    """Slice the per-channel parameters of BatchNorm, DepthwiseConv, PReLU."""
-    out = {}
-    for name, value in values.items():
-        axis = -2 if (name == "kernel" and value.ndim >= 3) else -1
-        out[name] = _gather(value, space_map.firsts, axis)
-    return out
+def _set_weights(new_layer, values, old_layer):
+    """Unchanged layers get their weights in order; changed ones by path, new ones
+    (a bias the config just enabled) start at zero."""
+    if values is None:
+        new_layer.set_weights(old_layer.get_weights())
+        return
+    new = rules.weights_by_path(new_layer)
+    if set(values) - set(new):
+        raise ValueError(f"Cannot match the weights of '{new_layer.name}' ({sorted(values)}) "
+                         f"with those of its rebuilt copy ({sorted(new)}).")
+    arrays = []
+    for path, variable in new.items():
+        dtype = keras.ops.convert_to_numpy(variable).dtype
+        arrays.append(values[path].astype(dtype) if path in values else np.zeros(variable.shape, dtype))
+    new_layer.set_weights(arrays)
 
 
 def rebuild(channel_graph, maps, bias_deltas=None, name=None):
@@ -102,9 +75,9 @@ def rebuild(channel_graph, maps, bias_deltas=None, name=None):
     Args:
         channel_graph: the `ChannelGraph` of the source model.
         maps: channel maps of base spaces; spaces not listed are unchanged.
-        bias_deltas: {layer: array} added to a consumer's bias (old output
-            indexing), where removed constant channels were folded in; a layer
-            without a bias gets one.
+        bias_deltas: {layer: {weight path: array}} added to a layer's bias
+            (old output indexing), where removed constant channels were folded
+            in; a layer without a bias gets one.
         name: name of the new model (default: the source's name + "_stripped").
 
     Returns:
@@ -115,30 +88,13 @@ def rebuild(channel_graph, maps, bias_deltas=None, name=None):
     model = channel_graph.model
     bias_deltas = bias_deltas or {}
     plans = {}
-    for layer, role in channel_graph.layer_roles.items():
-        if not isinstance(layer, keras.layers.Layer):
-            continue
-        values = {w.name: keras.ops.convert_to_numpy(w) for w in layer.weights}
-        config = None
-        if role == graph_lib.PRODUCER:
-            in_map = composite_map(channel_graph.input_space(layer), maps)
-            out_map = composite_map(channel_graph.output_space(layer), maps)
-            delta = bias_deltas.get(layer)
-            if in_map is not None or out_map is not None or delta is not None:
-                config = layer.get_config()
-                if out_map is not None:
-                    config["units" if "units" in config else "filters"] = out_map.width
-                if delta is not None and not config.get("use_bias", True):
-                    config["use_bias"] = True
-                values = _producer_weights(layer, values, in_map, out_map, delta)
-        elif role == graph_lib.TRANSFORMER:
-            space_map = composite_map(channel_graph.output_space(layer), maps)
-            if space_map is not None:
-                values = _transformer_weights(layer, values, space_map)
-        plans[layer.name] = (config, values)
+    for layer in channel_graph.layer_roles:
+        if isinstance(layer, keras.layers.Layer):
+            plans[layer.name] = (*_plan_layer(channel_graph, layer, maps, bias_deltas.get(layer, {})),
+                                 layer)
 
     def clone(layer):
-        config = plans.get(layer.name, (None, None))[0] or layer.get_config()
+        config = plans.get(layer.name, (None,))[0] or layer.get_config()
         return type(layer).from_config(config)
 
     # clone_model recompiles the clone from the compile config; an optimizer
@@ -158,11 +114,7 @@ def rebuild(channel_graph, maps, bias_deltas=None, name=None):
     if compiled and getattr(model.optimizer, "plan", None) is None:
         new_model.compile_from_config(model.get_compile_config())
     for new_layer in new_model.layers:
-        if new_layer.name not in plans:
-            continue
-        values = plans[new_layer.name][1]
-        new_layer.set_weights(
-            [values[w.name].astype(keras.ops.convert_to_numpy(w).dtype) for w in new_layer.weights]
-        )
+        if new_layer.name in plans:
+            _set_weights(new_layer, *plans[new_layer.name][1:])
     new_model.name = name or f"{model.name}_stripped"
     return new_model

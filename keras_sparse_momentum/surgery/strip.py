@@ -1,5 +1,7 @@
 """strip: a new, physically smaller model computing the same function."""
 
+import dataclasses
+
 import keras
 import numpy as np
 
@@ -35,6 +37,32 @@ def max_relative_error(reference, candidate, inputs):
     return worst
 
 
+@dataclasses.dataclass
+class StripReport:
+    """What `strip` did: widths before and after per changed space, layers left whole."""
+
+    widths: dict  # {space name: (old width, new width)}
+    left_whole: list  # [(layer name, reason)]
+
+    def __str__(self):
+        lines = [f"  {name}: {old} -> {new}" for name, (old, new) in self.widths.items()]
+        lines += [f"  left whole: {name}: {reason}" for name, reason in self.left_whole]
+        return "\n".join(["strip:"] + (lines or ["  nothing removed"]))
+
+
+def _report(graphs_and_maps):
+    widths, left_whole = {}, {}
+    for graph, maps in graphs_and_maps:
+        for space in graph.base_spaces():
+            if space.id in maps:
+                old = widths.get(space.name, (space.width,))[0]
+                widths[space.name] = (old, maps[space.id].width)
+        for layer, reason in graph.refused.items():
+            if isinstance(layer, keras.layers.Layer) and layer.weights:
+                left_whole.setdefault(layer.name, reason)
+    return StripReport(widths, list(left_whole.items()))
+
+
 def strip(model, plan=None, verify=True):
     """A new plain Keras model with the same function and the dead units removed.
 
@@ -44,14 +72,21 @@ def strip(model, plan=None, verify=True):
       constant output (bias through activation, BatchNorm, pooling, residual
       sums) is folded into the biases of the layers that read them;
     - units and filters whose outgoing weights are all zero;
-    - with a C-SGD `plan`, all but one filter of every cluster, the consumers'
-      input channels of each cluster summed into the kept one (run after
+    - MultiHeadAttention heads whose value kernel slice is zero (their value
+      bias, which the attention weights average to itself, is folded into the
+      output bias) or whose output-kernel slice is zero (heads with zero query
+      or key slices attend uniformly: they stay);
+    - with a C-SGD `plan`, all but one filter (head) of every cluster, the
+      readers' input rows of each cluster summed into the kept one (run after
       `CentripetalSGD` has made the clusters identical).
 
     Residual `Add`s, `Concatenate` offsets and channels-last `Flatten` -> Dense
-    are followed. Layers the analysis does not understand (and the spaces
-    touching model inputs and outputs) are copied unchanged, never broken.
-    The source model is not modified.
+    are followed. Layers the analysis does not understand (LSTM, GRU,
+    Embedding, LayerNormalization over the channels, custom layers: each
+    layer family's rule in `surgery/rules.py` says) and the spaces touching
+    them, model inputs and outputs are copied unchanged, never broken; the
+    returned model's `strip_report` lists what changed and what was left whole
+    and why. The source model is not modified.
 
     Args:
         model: a built Sequential or functional Keras model.
@@ -60,28 +95,41 @@ def strip(model, plan=None, verify=True):
             and raise if the relative error exceeds 1e-4.
 
     Returns:
-        The new model (same name with suffix `_stripped`).
+        The new model (same name with suffix `_stripped`), with a
+        `strip_report` attribute (`StripReport`).
 
     Raises:
         ValueError: for subclassed models (no graph to rewrite).
         RuntimeError: if `verify` finds the function changed (a bug: please
             report it with the model).
     """
-    source = model
+    source, steps = model, []
     if plan is not None:
         graph = ChannelGraph(source)
-        source = rebuild(graph, plan.channel_maps(graph), name=f"{model.name}_merged")
+        maps = plan.channel_maps(graph)
+        steps.append((graph, maps))
+        source = rebuild(graph, maps, name=f"{model.name}_merged")
     graph = ChannelGraph(source)
     maps, bias_deltas = dead_unit_maps(graph)
+    steps.append((graph, maps))
     stripped = rebuild(graph, maps, bias_deltas, name=f"{model.name}_stripped")
+    stripped.strip_report = _report(steps)
     if verify:
         inputs = _probe_inputs(model)
         if inputs is not None:
             error = max_relative_error(model, stripped, inputs)
             if error > TOLERANCE:
+                unmerged = plan.unmerged(model) if plan is not None else []
+                why = (
+                    "Its clusters are not identical in "
+                    + ", ".join(f"{path} ({distance:.2g})" for path, distance in unmerged[:4])
+                    + ": train it with CentripetalSGD(plan), the plan bound to this model "
+                    "(plan.bind(model)), or call plan.equalize(model) first."
+                    if unmerged else "This is a bug"
+                )
                 raise RuntimeError(
                     f"strip changed the function of '{model.name}' (relative error "
-                    f"{error:.2e} > {TOLERANCE}). This is a bug; the source model is "
+                    f"{error:.2e} > {TOLERANCE}). {why}; the source model is "
                     "unchanged. Pass verify=False to inspect the result."
                 )
     return stripped

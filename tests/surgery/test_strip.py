@@ -179,3 +179,74 @@ def test_subclassed_model_rejected_with_reason():
     model(np.zeros((1, 4), "float32"))
     with pytest.raises(ValueError, match="subclassed|functional"):
         ksm.strip(model)
+
+
+def test_derived_spaces_map_changed_and_unchanged_parts():
+    inputs = keras.Input((5,))
+    parts = [keras.layers.Dense(width, activation="relu", name=name)(inputs)
+             for name, width in (("first", 2), ("middle", 3), ("last", 4))]
+    x = keras.layers.Concatenate()(parts)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _randomize(model)
+    _zero(model.get_layer("middle").kernel, [1])  # only the middle part changes
+    slim = ksm.strip(model)
+    assert [slim.get_layer(n).units for n in ("first", "middle", "last")] == [2, 2, 4]
+    assert slim.get_layer("head").kernel.shape == (8, 2)
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-5
+
+
+def test_a_pinned_flatten_pins_its_source():
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(3, 2, name="conv")(inputs)
+    x = _Scale()(keras.layers.Flatten()(x))  # an unknown layer reads the flattened rows
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _randomize(model)
+    _zero(model.get_layer("conv").kernel, [0])
+    slim = ksm.strip(model)
+    assert slim.get_layer("conv").filters == 3
+    assert max_relative_error(model, slim, _probe((4, 4, 2))) <= 1e-6
+
+
+def test_a_shared_reader_seeing_two_constants_keeps_the_channel():
+    inputs = keras.Input((5,))
+    a = keras.layers.Dense(4, activation="relu", name="a")(inputs)
+    b = keras.layers.Dense(4, activation="relu", name="b")(inputs)
+    shared = keras.layers.Dense(3, name="shared")
+    x = keras.layers.Concatenate()([shared(a), shared(b)])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [2])
+    _zero(model.get_layer("b").kernel, [2])  # channel 2: relu(bias) of a, another one of b
+    model.get_layer("a").bias.assign(np.full(4, 0.7, "float32"))
+    model.get_layer("b").bias.assign(np.full(4, 0.2, "float32"))
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").units == 4
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-5
+    model.get_layer("b").bias.assign(np.full(4, 0.7, "float32"))  # the same constant: folds
+    assert ksm.strip(model).get_layer("a").units == 3
+
+
+def test_a_bias_created_for_a_fold_follows_the_readers_own_output_channels():
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(6, activation="relu", name="a")(inputs)
+    x = keras.layers.Dense(5, activation="relu", use_bias=False, name="b")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [0, 1])  # relu(bias): folded into b, which gets a bias
+    _zero(model.get_layer("head").kernel, [3], axis=0)  # b's unit 3 is never read
+    slim = ksm.strip(model)
+    assert slim.get_layer("b").use_bias and slim.get_layer("b").bias.shape == (4,)
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-5
+
+
+def test_an_input_no_kernel_reads_pins_its_producer():
+    inputs = keras.Input((4, 6))
+    x = keras.layers.Dense(6, name="x")(inputs)
+    mask = keras.layers.Dense(4, activation="sigmoid", name="mask_maker")(inputs)
+    y = keras.layers.MultiHeadAttention(2, 3, name="mha")(x, x, attention_mask=mask)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(y)))
+    _randomize(model)
+    _zero(model.get_layer("mask_maker").kernel, [1])
+    slim = ksm.strip(model)
+    assert slim.get_layer("mask_maker").units == 4
+    assert max_relative_error(model, slim, _probe((4, 6))) <= 1e-5

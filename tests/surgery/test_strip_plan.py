@@ -102,3 +102,60 @@ def test_stripped_model_of_a_csgd_model_comes_back_uncompiled():
     assert not stripped.compiled and model.compiled
     model.compile(optimizer=keras.optimizers.SGD(), loss="mse")
     assert ksm.strip(model, plan).compiled
+
+
+def _conv1d_bn(seed=0):
+    """Issue 16's composability model: Conv1D -> BN -> Conv1D('same') -> global max pool -> Dense."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((64, 8))
+    x = keras.layers.Conv1D(32, 5, activation="relu", name="c1")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Conv1D(32, 3, activation="relu", padding="same", name="c2")(x)
+    x = keras.layers.GlobalMaxPooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
+
+
+@pytest.mark.parametrize("pruner", ["gsm", "prune_to_ratio"])
+def test_pruned_then_centripetal_then_strip_keeps_the_function(pruner):
+    model = _conv1d_bn()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 64, 8)).astype("float32")
+    y = rng.integers(0, 10, 64)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if pruner == "gsm":
+        model.compile(optimizer=ksm.GSMMomentum.for_budget(4, compression=10), loss=loss,
+                      jit_compile=False)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    else:
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, jit_compile=False)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                  callbacks=[ksm.PruneToRatio(compression=40, scope="global")])
+    kernel = keras.ops.convert_to_numpy(model.get_layer("c1").kernel).reshape(-1, 32)
+    assert not np.all(np.any(kernel != 0, axis=0))  # some filters of the first conv are dead
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
+    model.compile(optimizer=ksm.CentripetalSGD(plan, learning_rate=0.05,
+                                               centripetal_strength=0.5), loss=loss,
+                  jit_compile=False)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    stripped = ksm.strip(model, plan)
+    assert max_relative_error(model, stripped, x[:16]) <= 1e-4
+    assert stripped.get_layer("c1").filters <= 16 and stripped.get_layer("c2").filters <= 16
+
+
+def test_unmerged_statistics_are_named_and_a_plan_bound_elsewhere_is_refused():
+    model = _conv1d_bn()
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5, method="even")
+    plan.equalize(model)
+    bn = next(l for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
+    mean = keras.ops.convert_to_numpy(bn.moving_mean).copy()
+    mean[1] += 0.5  # channels 0 and 1 share a cluster: their statistics now differ
+    bn.moving_mean.assign(mean)
+    with pytest.raises(RuntimeError, match=f"not identical in {bn.name}/moving_mean"):
+        ksm.strip(model, plan)
+    # C-SGD merges the statistics of the model its plan is bound to: a copy is refused.
+    copy = keras.models.clone_model(model)
+    copy.compile(optimizer=ksm.CentripetalSGD(plan), loss="mse")
+    with pytest.raises(ValueError, match="bound to model .*plan.bind"):
+        copy.optimizer.build(copy.trainable_variables)
+    plan.bind(copy)
+    copy.optimizer.build(copy.trainable_variables)
