@@ -1,5 +1,6 @@
 """export_tflite: a Keras model to a verified, small TensorFlow Lite file."""
 
+import contextlib
 import dataclasses
 import gzip
 import math
@@ -275,7 +276,8 @@ def _check_error(model, sparse, quantize, max_abs_error, scale):
 def _convert(model, sparse, quantize, representative_data, also_dense=False):
     """The flatbuffer asked for, and (if `also_dense`) the dense float32 one, or None."""
     with tempfile.TemporaryDirectory(prefix="ksm_export_") as saved_model:
-        model.export(saved_model, format="tf_saved_model", verbose=False)
+        with _unrolled_recurrent_layers(model):
+            model.export(saved_model, format="tf_saved_model", verbose=False)
         flatbuffer = _convert_saved_model(
             model, saved_model, sparse, quantize, representative_data
         )
@@ -302,6 +304,52 @@ def _convert_saved_model(model, saved_model, sparse, quantize, representative_da
         return converter.convert()
     except Exception as error:  # the converter raises its own ConverterError
         raise _conversion_error(model, error) from error
+
+
+@contextlib.contextmanager
+def _unrolled_recurrent_layers(model):
+    """Trace the model's recurrent layers unrolled, so that TFLite's builtin ops run them.
+
+    A Keras RNN layer (LSTM, GRU, SimpleRNN, ConvLSTM, either half of a
+    Bidirectional) loops over its timesteps in a `tf.while_loop` that collects
+    the outputs in a TensorList of element shape (batch, units). The exported
+    signature has a dynamic batch, so that shape is not static and the
+    converter cannot lower the list to builtin ops ("TensorListReserve ...
+    element_shape to be static"): it would need Select-TF ops. Unrolled
+    (Keras's own `unroll=True`) every timestep becomes plain FULLY_CONNECTED
+    and element-wise ops, for any batch size, with the same weights (a fixed
+    batch size in the signature would also convert, as a WHILE loop, but the
+    file would then only run that batch size). The file grows by a few ops
+    per timestep.
+
+    `unroll` is set on the layers of `model` only while this context is open
+    and restored after.
+
+    Raises:
+        ValueError: naming a recurrent layer whose number of timesteps is not
+            fixed (unrolling needs it).
+    """
+    recurrent = [
+        layer for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.RNN) and not layer.unroll
+    ]
+    for layer in recurrent:
+        build = layer.get_build_config() or {}
+        shape = build.get("input_shape") or next(iter(build.get("shapes_dict", {}).values()), None)
+        if shape is not None and shape[1] is None:
+            raise ValueError(
+                f"export_tflite: layer '{layer.name}' ({type(layer).__name__}) runs over an "
+                f"undefined number of timesteps (input shape {tuple(shape)}). TFLite's "
+                "builtin ops run a recurrent layer unrolled, which needs that number fixed: "
+                "give the model's Input a fixed sequence length, e.g. keras.Input((steps, ...))."
+            )
+    try:
+        for layer in recurrent:
+            layer.unroll = True
+        yield
+    finally:
+        for layer in recurrent:
+            layer.unroll = False
 
 
 def _conversion_error(model, error):

@@ -1,0 +1,400 @@
+"""Benchmark section 'architectures': real Keras architectures through every entry point.
+
+Issue 16's table, rerun: each architecture (keras.applications with
+`weights=None`, 32x32x3 inputs and 10 classes, plus a small ViT block,
+Embedding + LSTM, a GRU model and Conv1D + BatchNorm) is built once and taken
+through each entry point from its initial weights:
+
+- `gsm`: `GSMMomentum.for_budget` fit; the guarantee is the exact count
+  ceil(N / C) of nonzero prunable weights.
+- `prune_to_ratio`: `PruneToRatio` + Adam fit; the same exact count.
+- `strip`: a quarter of every producer's output units made dead by hand (the
+  state GSM or AOFP leave, without training), BatchNorm statistics, biases and
+  norm parameters randomised so that the dead units' constant outputs are not
+  zero, then `strip`; the guarantee is a relative error <= 1e-4 against the
+  source on a random batch, and finite outputs.
+- `csgd`: the same dead units, `ClusterPlan.from_model(keep_ratio=0.5)`,
+  `CentripetalSGD` fit, `strip(model, plan)`; relative error <= 1e-4.
+- `aofp`: a short `AOFP` search (a threshold high enough to prune within the
+  few steps), then `strip`; relative error <= 1e-4.
+- `export`: `export_tflite` of the `strip` cell's model; the file is verified
+  by `export_tflite` itself, and its relative error is reported.
+
+Each cell is "ok" (the guarantee holds; error and seconds given), "refused" (a
+`ValueError` raised by keras_sparse_momentum itself, its message given; a
+clear refusal names the layer) or "failed" (any other exception, including
+a ValueError from inside Keras such as a shape error, or a broken guarantee).
+tests/test_architectures.py runs the same cells in CI, on a subset.
+"""
+
+import dataclasses
+import datetime
+import math
+import os
+import tempfile
+import time
+import traceback
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+
+import keras_sparse_momentum as ksm  # noqa: E402
+from keras_sparse_momentum.prunable import kept_count, prunable_variables  # noqa: E402
+from keras_sparse_momentum.surgery.strip import TOLERANCE, max_relative_error  # noqa: E402
+
+NAME = "architectures"
+TITLE = "Real architectures through every entry point (issue 16)"
+
+ENTRY_POINTS = ("gsm", "prune_to_ratio", "strip", "csgd", "aofp", "export")
+COMPRESSION = 10
+STEPS = 2
+BATCH = 4
+PROBE = 4
+DEAD_EVERY = 4  # every 4th output unit of every producer is made dead
+LEARNING_RATE = 1e-3  # EfficientNetB0 at batch 2 overflows after one step at 1e-2
+
+
+def _application(constructor, **kwargs):
+    def build():
+        return constructor(weights=None, input_shape=(32, 32, 3), classes=10,
+                           classifier_activation=None, **kwargs)
+    return build
+
+
+def vit_block(image=32, patch=8, width=32, heads=4, classes=10):
+    """Patch embedding, one pre-norm transformer block (MultiHeadAttention, FFN), residuals."""
+    inputs = keras.Input((image, image, 3))
+    x = layers.Conv2D(width, patch, strides=patch, name="patch_embed")(inputs)
+    x = layers.Reshape(((image // patch) ** 2, width))(x)
+    y = layers.LayerNormalization(name="ln_attention")(x)
+    y = layers.MultiHeadAttention(heads, width // heads, name="attention")(y, y)
+    x = layers.Add()([x, y])
+    y = layers.LayerNormalization(name="ln_ffn")(x)
+    y = layers.Dense(2 * width, activation="gelu", name="ffn_hidden")(y)
+    y = layers.Dense(width, name="ffn_out")(y)
+    x = layers.Add()([x, y])
+    x = layers.LayerNormalization(name="ln_head")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(classes, name="logits")(x), name="vit_block")
+
+
+def embedding_lstm(steps=20, vocabulary=100, classes=10):
+    tokens = keras.Input((steps,), dtype="int32")
+    x = layers.Embedding(vocabulary, 16, name="embedding")(tokens)
+    x = layers.LSTM(32, name="lstm")(x)
+    return keras.Model(tokens, layers.Dense(classes, name="logits")(x), name="embedding_lstm")
+
+
+def gru_model(steps=20, features=8, classes=10):
+    inputs = keras.Input((steps, features))
+    x = layers.GRU(32, return_sequences=True, name="gru_1")(inputs)
+    x = layers.GRU(16, name="gru_2")(x)
+    return keras.Model(inputs, layers.Dense(classes, name="logits")(x), name="gru")
+
+
+def conv1d_bn(steps=64, features=8, classes=10):
+    """Issue 16's Conv1D reproduction model."""
+    inputs = keras.Input((steps, features))
+    x = layers.Conv1D(32, 5, activation="relu", name="conv_a")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.Conv1D(32, 3, activation="relu", padding="same", name="conv_b")(x)
+    x = layers.GlobalMaxPooling1D()(x)
+    return keras.Model(inputs, layers.Dense(classes, name="logits")(x), name="conv1d_bn")
+
+
+apps = keras.applications
+MODELS = {
+    "MobileNetV2 (alpha .35)": _application(apps.MobileNetV2, alpha=0.35),
+    "MobileNetV3Small": _application(apps.MobileNetV3Small),
+    "EfficientNetB0": _application(apps.EfficientNetB0),
+    "ResNet50": _application(apps.ResNet50),
+    "DenseNet121": _application(apps.DenseNet121),
+    "ConvNeXtTiny": _application(apps.ConvNeXtTiny),
+    "ViT block (MultiHeadAttention)": vit_block,
+    "Embedding + LSTM": embedding_lstm,
+    "GRU": gru_model,
+    "Conv1D + BN": conv1d_bn,
+}
+del apps
+QUICK_MODELS = ("ViT block (MultiHeadAttention)", "Embedding + LSTM", "GRU", "Conv1D + BN")
+
+
+class Architecture:
+    """One model build, its initial weights and data, shared by the entry points."""
+
+    def __init__(self, name, seed=0):
+        self.name = name
+        keras.utils.set_random_seed(seed)
+        start = time.perf_counter()
+        self.model = MODELS[name]()
+        self.build_seconds = time.perf_counter() - start
+        self.initial = self.model.get_weights()
+        rng = np.random.default_rng(seed)
+        self.x = [self._sample(t, rng, BATCH * STEPS) for t in self.model.inputs]
+        self.x = self.x[0] if len(self.x) == 1 else self.x
+        self.y = rng.integers(0, self.model.outputs[0].shape[-1], BATCH * STEPS)
+        self.probe = self._sample(self.model.inputs[0], rng, PROBE)
+        self.stripped = None  # set by the strip cell, read by the export cell
+
+    @staticmethod
+    def _sample(tensor, rng, n):
+        shape = (n, *tensor.shape[1:])
+        if "int" in str(tensor.dtype):
+            return rng.integers(0, 50, shape).astype("int32")
+        return rng.standard_normal(shape).astype("float32")
+
+    def reset(self):
+        """Back to the initial weights, without any mask constraint a failed callback left."""
+        for variable in self.model.weights:
+            if getattr(variable, "constraint", None) is not None:
+                variable.constraint = None
+        self.model.set_weights(self.initial)
+
+    def compile(self, optimizer):
+        self.model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=False,
+        )
+
+    def fit(self, callbacks=()):
+        self.model.fit(self.x, self.y, batch_size=BATCH, epochs=1, verbose=0,
+                       callbacks=list(callbacks))
+
+    def make_dead_units(self, seed=1):
+        """Randomise norm parameters, statistics and biases; zero every 4th output unit of each producer.
+
+        The output layer keeps its units; depthwise kernels (one filter per
+        input channel) are left whole.
+        """
+        rng = np.random.default_rng(seed)
+        draws = {
+            "gamma": lambda shape: rng.uniform(0.5, 1.5, shape),
+            "beta": lambda shape: rng.normal(0, 0.3, shape),
+            "moving_mean": lambda shape: rng.normal(0, 0.3, shape),
+            "moving_variance": lambda shape: rng.uniform(0.5, 2.0, shape),
+            "bias": lambda shape: rng.normal(0, 0.1, shape),
+        }
+        for variable in self.model.weights:
+            if variable.name in draws:
+                variable.assign(draws[variable.name](variable.shape).astype("float32"))
+        kernels = [v for v in prunable_variables(self.model) if v.name != "depthwise_kernel"]
+        for kernel in kernels[:-1]:
+            value = keras.ops.convert_to_numpy(kernel).copy()
+            value[..., ::DEAD_EVERY] = 0.0
+            kernel.assign(value)
+
+
+@dataclasses.dataclass
+class Cell:
+    """One (architecture, entry point) result."""
+
+    outcome: str  # "ok", "refused" or "failed"
+    detail: str = ""
+    relative_error: float | None = None
+    seconds: float = 0.0
+    numbers: dict = dataclasses.field(default_factory=dict)
+
+
+def _count(arch):
+    variables = prunable_variables(arch.model)
+    total = sum(math.prod(v.shape) for v in variables)
+    nonzero = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(v))) for v in variables)
+    expected = kept_count(total, compression=COMPRESSION)
+    return {"nonzero": nonzero, "expected": expected, "total": total}, nonzero == expected
+
+
+def _strip_error(arch, reference, stripped):
+    """(relative error on the probe batch, whether both outputs are finite)."""
+    outputs = [keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(
+        (reference(arch.probe, training=False), stripped(arch.probe, training=False)))]
+    finite = all(np.all(np.isfinite(y)) for y in outputs)
+    return max_relative_error(reference, stripped, arch.probe), finite
+
+
+def _removed(arch, stripped):
+    return {"params": arch.model.count_params(), "params_after": stripped.count_params()}
+
+
+def gsm(arch):
+    arch.compile(ksm.GSMMomentum.for_budget(STEPS, compression=COMPRESSION,
+                                             learning_rate=LEARNING_RATE))
+    arch.fit()
+    numbers, exact = _count(arch)
+    return numbers, exact, None, f"{numbers['nonzero']} nonzero, ceil(N/C) = {numbers['expected']}"
+
+
+def prune_to_ratio(arch):
+    arch.compile(keras.optimizers.Adam(LEARNING_RATE))
+    arch.fit([ksm.PruneToRatio(compression=COMPRESSION)])
+    numbers, exact = _count(arch)
+    return numbers, exact, None, f"{numbers['nonzero']} nonzero, ceil(N/C) = {numbers['expected']}"
+
+
+def strip(arch):
+    arch.make_dead_units()
+    stripped = ksm.strip(arch.model)
+    error, finite = _strip_error(arch, arch.model, stripped)
+    arch.stripped = stripped
+    numbers = _removed(arch, stripped)
+    ok = finite and error <= TOLERANCE
+    return numbers, ok, error, f"{numbers['params']:,} -> {numbers['params_after']:,} params"
+
+
+def csgd(arch):
+    arch.make_dead_units()
+    plan = ksm.ClusterPlan.from_model(arch.model, keep_ratio=0.5)
+    arch.compile(ksm.CentripetalSGD(plan, learning_rate=LEARNING_RATE, centripetal_strength=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "clusters had not converged": expected
+        arch.fit()
+    stripped = ksm.strip(arch.model, plan)
+    error, finite = _strip_error(arch, arch.model, stripped)
+    numbers = {**_removed(arch, stripped), "clustered_spaces": len(plan.groups),
+               "unclustered_spaces": len(plan.skipped)}
+    ok = finite and error <= TOLERANCE
+    return numbers, ok, error, (f"{numbers['params']:,} -> {numbers['params_after']:,} params, "
+                                f"{len(plan.groups)} spaces clustered")
+
+
+def aofp(arch):
+    aofp_callback = ksm.AOFP(0.5, thresh=0.5, iters_per_half=1, probe_data=arch.probe,
+                             measure_every=1, probe_batch_size=PROBE, seed=0)
+    arch.compile(keras.optimizers.SGD(LEARNING_RATE))
+    arch.fit([aofp_callback])
+    stripped = ksm.strip(arch.model)
+    error, finite = _strip_error(arch, arch.model, stripped)
+    numbers = _removed(arch, stripped)
+    ok = finite and error <= TOLERANCE
+    return numbers, ok, error, f"{numbers['params']:,} -> {numbers['params_after']:,} params"
+
+
+def export(arch):
+    if arch.stripped is None:
+        strip(arch)
+    with tempfile.TemporaryDirectory(prefix="ksm_arch_") as folder:
+        result = ksm.export_tflite(arch.stripped, os.path.join(folder, "model.tflite"),
+                                   sample_inputs=arch.probe)
+    scale = float(np.max(np.abs(keras.ops.convert_to_numpy(
+        arch.stripped(arch.probe, training=False)))))
+    error = result.max_abs_error / max(scale, 1e-12)
+    numbers = {"size_bytes": result.size_bytes, "max_abs_error": result.max_abs_error}
+    ok = math.isfinite(error) and error <= TOLERANCE
+    return numbers, ok, error, f"{result.size_bytes:,} bytes, {result.runtime}"
+
+
+CELLS = {"gsm": gsm, "prune_to_ratio": prune_to_ratio, "strip": strip, "csgd": csgd,
+         "aofp": aofp, "export": export}
+
+
+def _raised_by_us(error):
+    """Whether the exception was raised inside keras_sparse_momentum (a refusal, not a crash)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and f"{os.sep}keras_sparse_momentum{os.sep}" in frames[-1].filename
+
+
+def run_cell(arch, entry):
+    """Run one entry point on `arch` from its initial weights; never raises."""
+    arch.reset()
+    start = time.perf_counter()
+    try:
+        numbers, ok, error, summary = CELLS[entry](arch)
+    except ValueError as error:
+        outcome = "refused" if _raised_by_us(error) else "failed"
+        return Cell(outcome, f"{type(error).__name__}: {error}",
+                    seconds=time.perf_counter() - start)
+    except Exception as error:  # noqa: BLE001 - a table cell records any failure
+        return Cell("failed", f"{type(error).__name__}: {error}",
+                    seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if not ok:
+        why = f"guarantee broken: {summary}"
+        if error is not None:
+            why += f", relative error {error:.2e}"
+        return Cell("failed", why, error, seconds, numbers)
+    return Cell("ok", summary, error, seconds, numbers)
+
+
+def names_a_layer(arch, message):
+    """Whether a refusal names a layer of the model (quoted or listed)."""
+    names = {layer.name for layer in arch.model._flatten_layers(include_self=False)}
+    return any(f"'{name}'" in message for name in names)
+
+
+# -- benchmark section interface -------------------------------------------------------
+
+
+def run(opts, previous=None):
+    """Every entry point on every selected model; models not selected keep their stored row."""
+    selected = getattr(opts, "arch_models", None) or (
+        QUICK_MODELS if opts.quick else tuple(MODELS))
+    unknown = set(selected) - set(MODELS)
+    if unknown:
+        raise ValueError(f"architectures: unknown models {sorted(unknown)}; "
+                         f"choose among {list(MODELS)}")
+    rows = dict((previous or {}).get("rows", {}))
+    for name in selected:
+        print(f"  {name}", flush=True)
+        arch = Architecture(name)
+        row = {"build_seconds": arch.build_seconds,
+               "params": arch.model.count_params(),
+               "measured": datetime.datetime.now().isoformat(timespec="minutes")}
+        for entry in ENTRY_POINTS:
+            cell = run_cell(arch, entry)
+            if cell.outcome == "refused":
+                cell.numbers["names_layer"] = names_a_layer(arch, cell.detail)
+            row[entry] = dataclasses.asdict(cell)
+            print(f"    {entry}: {cell.outcome} ({cell.seconds:.0f} s) {cell.detail[:160]}",
+                  flush=True)
+        rows[name] = row
+        del arch
+        keras.backend.clear_session()
+        if hasattr(opts, "checkpoint"):
+            opts.checkpoint({"rows": rows})
+    return {"rows": {name: rows[name] for name in MODELS if name in rows}}
+
+
+def _render_cell(cell):
+    seconds = f"{cell['seconds']:.0f} s"
+    if cell["outcome"] == "ok":
+        error = cell["relative_error"]
+        return f"ok ({seconds}" + (f", rel. err. {error:.0e})" if error is not None else ")")
+    first_line = cell["detail"].splitlines()[0] if cell["detail"] else ""
+    if len(first_line) > 150:
+        first_line = first_line[:147] + "..."
+    first_line = first_line.replace("|", "\\|")
+    if cell["outcome"] == "refused":
+        clear = "" if cell["numbers"].get("names_layer") else " (names no layer)"
+        return f"refused{clear}: {first_line}"
+    return f"**failed** ({seconds}): {first_line}"
+
+
+def render(results, out):
+    rows = results["rows"]
+    header = "| model | params | " + " | ".join(ENTRY_POINTS) + " |"
+    lines = [
+        "Each architecture is built once (`weights=None`, 32x32x3 inputs, 10 classes) and every",
+        f"entry point starts from its initial weights: {STEPS} steps of batch {BATCH}, compression",
+        f"{COMPRESSION} for the exact counts, every {DEAD_EVERY}th unit of every producer made dead",
+        "by hand for strip / C-SGD (with BatchNorm statistics and biases randomised), relative",
+        f"errors on {PROBE} random inputs (guarantee: <= {TOLERANCE:g}). `refused` is a ValueError",
+        "raised by keras_sparse_momentum; `failed` is any other exception or a broken guarantee.",
+        "",
+        header,
+        "|" + "---|" * (len(ENTRY_POINTS) + 2),
+    ]
+    for name, row in rows.items():
+        cells = [_render_cell(row[entry]) for entry in ENTRY_POINTS]
+        lines.append(f"| {name} | {row['params']:,} | " + " | ".join(cells) + " |")
+    counts = {}
+    for row in rows.values():
+        for entry in ENTRY_POINTS:
+            counts[row[entry]["outcome"]] = counts.get(row[entry]["outcome"], 0) + 1
+    lines += ["", "Cells: " + ", ".join(f"{counts.get(k, 0)} {k}"
+                                       for k in ("ok", "refused", "failed")) + "."]
+    return "\n".join(lines)
