@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-SECTIONS = ("accuracy", "layers", "sweep", "cost", "structured", "prox_nag_lenet5")
+SECTIONS = ("accuracy", "layers", "sweep", "cost", "structured", "prox_nag_lenet5", "jax_backend")
 HERE = Path(__file__).resolve().parent
 
 
@@ -41,8 +41,8 @@ def versions():
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("tensorflow", "keras", "numpy", "tensorflow-model-optimization", "tf-keras",
-                 "keras-sparse-momentum"):
+    for dist in ("tensorflow", "keras", "jax", "numpy", "tensorflow-model-optimization",
+                 "tf-keras", "keras-sparse-momentum"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -2,10 +2,15 @@
 
 import dataclasses
 import gzip
+import json
 import math
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -90,6 +95,14 @@ def export_tflite(
     `tf.lite.TFLiteConverter`, written to `path`, then run with the LiteRT
     interpreter (`ai_edge_litert`; `tf.lite.Interpreter` if it is not
     installed) and compared with `model(sample_inputs, training=False)`.
+
+    On the JAX backend the model is saved as `.keras` and converted by a
+    TensorFlow-backend subprocess (as `ksm export` would), so the file is the
+    one a TensorFlow-trained model gives; Keras's own JAX export (jax2tf) keeps
+    BatchNorm statistics as resource variables, unfolded, in a larger file.
+    The check still compares the file with the JAX model. A model the
+    subprocess cannot rebuild (an unregistered custom layer or subclassed
+    model) falls back to that jax2tf path, with a warning.
 
     With `sparse=True` the converter's `EXPERIMENTAL_SPARSITY` optimisation
     stores constant weights that are mostly zero in a CSR-like encoding (the
@@ -192,6 +205,10 @@ def export_tflite(
 
 
 def _convert(model, sparse, quantize, representative_data):
+    if keras.backend.backend() != "tensorflow":
+        flatbuffer = _convert_under_tensorflow(model, sparse, quantize, representative_data)
+        if flatbuffer is not None:
+            return flatbuffer
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="ksm_export_") as saved_model:
@@ -212,6 +229,94 @@ def _convert(model, sparse, quantize, representative_data):
             return converter.convert()
         except Exception as error:  # the converter raises its own ConverterError
             raise _conversion_error(model, error) from error
+
+
+# -- JAX: convert under TensorFlow in a subprocess --------------------------------
+
+_WORKER_TIMEOUT_S = 600
+_WORKER = (
+    "import sys; from keras_sparse_momentum.export import _tensorflow_worker; "
+    "_tensorflow_worker(*sys.argv[1:])"
+)
+
+
+def _convert_under_tensorflow(model, sparse, quantize, representative_data):
+    """The flatbuffer converted by a TensorFlow-backend process from the saved model.
+
+    Returns None (after a warning) when that process cannot rebuild the model.
+    """
+    if quantize == "int8" and callable(representative_data):
+        raise ValueError(
+            "export_tflite: on the JAX backend the conversion runs in a TensorFlow "
+            "subprocess, so `representative_data` must be arrays (a list of arrays "
+            "for several inputs), not a callable."
+        )
+    with tempfile.TemporaryDirectory(prefix="ksm_export_") as folder:
+        folder = pathlib.Path(folder)
+        try:
+            model.save(folder / "model.keras")
+        except Exception as error:  # Keras raises many types for models it cannot save
+            return _jax2tf_fallback(model, f"{type(error).__name__}: {error}")
+        options = {"sparse": bool(sparse), "quantize": quantize, "representative": None}
+        if representative_data is not None:
+            np.savez(folder / "representative.npz",
+                     *[np.asarray(a, "float32") for a in _as_input_list(representative_data)])
+            options["representative"] = str(folder / "representative.npz")
+        package_root = str(pathlib.Path(__file__).resolve().parents[1])
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        process = subprocess.run(
+            [sys.executable, "-c", _WORKER, str(folder), json.dumps(options)],
+            env=env, capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S,
+        )
+        result_file = folder / "result.json"
+        if not result_file.is_file():
+            raise RuntimeError(
+                f"export_tflite: the TensorFlow conversion process failed "
+                f"(exit {process.returncode}): {process.stderr[-2000:]}"
+            )
+        result = json.loads(result_file.read_text())
+        if "load_error" in result:
+            return _jax2tf_fallback(model, result["load_error"])
+        if "error" in result:
+            error_type = ValueError if result["error"] == "ValueError" else RuntimeError
+            raise error_type(result["message"])
+        return (folder / "model.tflite").read_bytes()
+
+
+def _jax2tf_fallback(model, reason):
+    warnings.warn(
+        f"export_tflite: TensorFlow could not rebuild '{model.name}' from a .keras "
+        f"file ({reason[:300]}); converting through Keras's JAX export (jax2tf) "
+        "instead, which gives a larger file. Register custom layers and models with "
+        "keras.saving.register_keras_serializable in an importable module to get the "
+        "TensorFlow conversion.",
+        stacklevel=4,
+    )
+
+
+def _tensorflow_worker(folder, options):
+    """Entry of the TensorFlow subprocess: load `model.keras`, write `model.tflite`."""
+    folder, options = pathlib.Path(folder), json.loads(options)
+    import keras_sparse_momentum  # noqa: F401  registers the package's serializables
+
+    def report(**result):
+        (folder / "result.json").write_text(json.dumps(result))
+
+    try:
+        model = keras.saving.load_model(folder / "model.keras", compile=False)
+    except Exception as error:  # Keras raises many types for models it cannot rebuild
+        return report(load_error=f"{type(error).__name__}: {error}")
+    representative = None
+    if options["representative"]:
+        with np.load(options["representative"]) as data:
+            representative = [data[f"arr_{i}"] for i in range(len(data.files))]
+    try:
+        flatbuffer = _convert(model, options["sparse"], options["quantize"], representative)
+    except (ValueError, RuntimeError) as error:
+        return report(error=type(error).__name__, message=str(error))
+    (folder / "model.tflite").write_bytes(flatbuffer)
+    return report(ok=True)
 
 
 def _conversion_error(model, error):
