@@ -97,12 +97,13 @@ def export_tflite(
     installed) and compared with `model(sample_inputs, training=False)`.
 
     On the JAX backend the model is saved as `.keras` and converted by a
-    TensorFlow-backend subprocess (as `ksm export` would), so the file is the
-    one a TensorFlow-trained model gives; Keras's own JAX export (jax2tf) keeps
-    BatchNorm statistics as resource variables, unfolded, in a larger file.
-    The check still compares the file with the JAX model. A model the
-    subprocess cannot rebuild (an unregistered custom layer or subclassed
-    model) falls back to that jax2tf path, with a warning.
+    TensorFlow-backend subprocess (what `ksm export` does with a `.keras` file
+    under TensorFlow), so the file is the one a TensorFlow-trained model
+    gives; Keras's own JAX export (jax2tf) keeps BatchNorm statistics as
+    resource variables, unfolded, in a larger file. The check still compares
+    the file with the JAX model. A model the subprocess cannot rebuild (an
+    unregistered custom layer or subclassed model) falls back to that jax2tf
+    path, with a warning.
 
     With `sparse=True` the converter's `EXPERIMENTAL_SPARSITY` optimisation
     stores constant weights that are mostly zero in a CSR-like encoding (the
@@ -285,6 +286,7 @@ def _convert_under_tensorflow(model, sparse, quantize, representative_data):
 
 
 def _jax2tf_fallback(model, reason):
+    """Warn that `model` goes through Keras's jax2tf export instead; returns None."""
     warnings.warn(
         f"export_tflite: TensorFlow could not rebuild '{model.name}' from a .keras "
         f"file ({reason[:300]}); converting through Keras's JAX export (jax2tf) "

@@ -87,7 +87,9 @@ def test_two_processes_end_identical_and_equal_to_one_process(tmp_path):
     """Two JAX processes (gloo CPU collectives on loopback), each fed half of every batch."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(pathlib.Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)  # one CPU device per process: the devices are the processes
+    # One CPU device per process (the devices are the processes); other flags as here.
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "xla_force_host_platform_device_count" not in f)
     port, worker = _free_port(), str(pathlib.Path(jax_worker.__file__))
     logs = [open(tmp_path / f"worker{p}.log", "w") for p in range(jax_worker.PROCESSES)]
     processes = [
