@@ -53,19 +53,22 @@ def _model_and_batch(name):
     return (lambda: models.build(keras, name)), x
 
 
-def step_times(name, settings):
-    """Per-step seconds of every (optimizer, xla) pair, timed in interleaved blocks."""
+def step_times(name, settings, xla_settings=(True, False)):
+    """Per-step seconds of every (optimizer, xla) pair, timed in interleaved blocks.
+
+    Backend-neutral (the JAX section runs it with `xla_settings=(True,)`: JAX
+    without jit runs op by op).
+    """
     import keras
-    import tensorflow as tf
 
     build, x = _model_and_batch(name)
-    y = tf.constant(np.arange(config.BATCH) % 10, dtype="int32")
-    x = tf.constant(x)
+    y = keras.ops.convert_to_tensor(np.arange(config.BATCH) % 10, dtype="int32")
+    x = keras.ops.convert_to_tensor(x)
     keras.utils.set_random_seed(0)
     weights = build().get_weights()
     makers = _optimizers(COMPRESSION[name], total_steps=2500)
     runs = {}
-    for xla in (True, False):
+    for xla in xla_settings:
         for opt_name, make in makers.items():
             model = build()
             model.set_weights(weights)

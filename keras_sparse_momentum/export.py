@@ -3,11 +3,16 @@
 import contextlib
 import dataclasses
 import gzip
+import json
 import math
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import tempfile
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -123,6 +128,15 @@ def export_tflite(
     with `model(sample_inputs, training=False)`, and only then written to
     `path`. There is no fallback to other kernels: a file this function
     writes after verification runs where apps run it.
+
+    On the JAX backend the model is saved as `.keras` and converted by a
+    TensorFlow-backend subprocess (what `ksm export` does with a `.keras` file
+    under TensorFlow), so the file is the one a TensorFlow-trained model
+    gives; Keras's own JAX export (jax2tf) keeps BatchNorm statistics as
+    resource variables, unfolded, in a larger file. The check still compares
+    the file with the JAX model. A model the subprocess cannot rebuild (an
+    unregistered custom layer or subclassed model) falls back to that jax2tf
+    path, with a warning.
 
     With `sparse=True` the converter's `EXPERIMENTAL_SPARSITY` optimisation
     stores constant weights that are mostly zero in a CSR-like encoding (the
@@ -275,6 +289,12 @@ def _check_error(model, sparse, quantize, max_abs_error, scale):
 
 def _convert(model, sparse, quantize, representative_data, also_dense=False):
     """The flatbuffer asked for, and (if `also_dense`) the dense float32 one, or None."""
+    if keras.backend.backend() != "tensorflow":
+        converted = _convert_under_tensorflow(
+            model, sparse, quantize, representative_data, also_dense
+        )
+        if converted is not None:
+            return converted
     with tempfile.TemporaryDirectory(prefix="ksm_export_") as saved_model:
         with _unrolled_recurrent_layers(model):
             model.export(saved_model, format="tf_saved_model", verbose=False)
@@ -350,6 +370,102 @@ def _unrolled_recurrent_layers(model):
     finally:
         for layer in recurrent:
             layer.unroll = False
+
+
+# -- JAX: convert under TensorFlow in a subprocess --------------------------------
+
+_WORKER_TIMEOUT_S = 600
+_WORKER = (
+    "import sys; from keras_sparse_momentum.export import _tensorflow_worker; "
+    "_tensorflow_worker(*sys.argv[1:])"
+)
+
+
+def _convert_under_tensorflow(model, sparse, quantize, representative_data, also_dense=False):
+    """`_convert`'s (flatbuffer, dense or None), by a TensorFlow-backend process from the saved model.
+
+    Returns None (after a warning) when that process cannot rebuild the model.
+    """
+    if quantize == "int8" and callable(representative_data):
+        raise ValueError(
+            "export_tflite: on the JAX backend the conversion runs in a TensorFlow "
+            "subprocess, so `representative_data` must be arrays (a list of arrays "
+            "for several inputs), not a callable."
+        )
+    with tempfile.TemporaryDirectory(prefix="ksm_export_") as folder:
+        folder = pathlib.Path(folder)
+        try:
+            model.save(folder / "model.keras")
+        except Exception as error:  # Keras raises many types for models it cannot save
+            return _jax2tf_fallback(model, f"{type(error).__name__}: {error}")
+        options = {"sparse": bool(sparse), "quantize": quantize, "representative": None,
+                   "also_dense": bool(also_dense)}
+        if representative_data is not None:
+            np.savez(folder / "representative.npz",
+                     *[np.asarray(a, "float32") for a in _as_input_list(representative_data)])
+            options["representative"] = str(folder / "representative.npz")
+        package_root = str(pathlib.Path(__file__).resolve().parents[1])
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        process = subprocess.run(
+            [sys.executable, "-c", _WORKER, str(folder), json.dumps(options)],
+            env=env, capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S,
+        )
+        result_file = folder / "result.json"
+        if not result_file.is_file():
+            raise RuntimeError(
+                f"export_tflite: the TensorFlow conversion process failed "
+                f"(exit {process.returncode}): {process.stderr[-2000:]}"
+            )
+        result = json.loads(result_file.read_text())
+        if "load_error" in result:
+            return _jax2tf_fallback(model, result["load_error"])
+        if "error" in result:
+            error_type = ValueError if result["error"] == "ValueError" else RuntimeError
+            raise error_type(result["message"])
+        dense = folder / "dense.tflite"
+        return (folder / "model.tflite").read_bytes(), (
+            dense.read_bytes() if dense.is_file() else None
+        )
+
+
+def _jax2tf_fallback(model, reason):
+    """Warn that `model` goes through Keras's jax2tf export instead; returns None."""
+    warnings.warn(
+        f"export_tflite: TensorFlow could not rebuild '{model.name}' from a .keras "
+        f"file ({reason[:300]}); converting through Keras's JAX export (jax2tf) "
+        "instead, which gives a larger file. Register custom layers and models with "
+        "keras.saving.register_keras_serializable in an importable module to get the "
+        "TensorFlow conversion.",
+        stacklevel=4,
+    )
+
+
+def _tensorflow_worker(folder, options):
+    """Entry of the TensorFlow subprocess: load `model.keras`, write `model.tflite`."""
+    folder, options = pathlib.Path(folder), json.loads(options)
+    import keras_sparse_momentum  # noqa: F401  registers the package's serializables
+
+    def report(**result):
+        (folder / "result.json").write_text(json.dumps(result))
+
+    try:
+        model = keras.saving.load_model(folder / "model.keras", compile=False)
+    except Exception as error:  # Keras raises many types for models it cannot rebuild
+        return report(load_error=f"{type(error).__name__}: {error}")
+    representative = None
+    if options["representative"]:
+        with np.load(options["representative"]) as data:
+            representative = [data[f"arr_{i}"] for i in range(len(data.files))]
+    try:
+        flatbuffer, dense = _convert(model, options["sparse"], options["quantize"],
+                                     representative, options["also_dense"])
+    except (ValueError, RuntimeError) as error:
+        return report(error=type(error).__name__, message=str(error))
+    (folder / "model.tflite").write_bytes(flatbuffer)
+    if dense is not None:
+        (folder / "dense.tflite").write_bytes(dense)
+    return report(ok=True)
 
 
 def _conversion_error(model, error):

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 
 def mlp(inputs=16, hidden=(32, 24), outputs=4, name=None):
@@ -21,7 +22,8 @@ def classification_data(n=256, inputs=16, classes=4, seed=0):
     return x, y
 
 
-def compile_for_test(model, optimizer, jit_compile=False, metrics=None):
+def compile_for_test(model, optimizer, jit_compile="auto", metrics=None):
+    """Compile with a logits loss; "auto" is eager on TensorFlow/CPU, jit on JAX (each's default)."""
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -64,3 +66,21 @@ class Trajectory(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps.append([keras.ops.convert_to_numpy(w) for w in self.model.weights])
+
+
+def tensorflow_only(what):
+    """Skip a test that is TensorFlow-only by nature (`what` says why) on other backends."""
+    return pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow", reason=f"TensorFlow only: {what}"
+    )
+
+
+def jit(fn):
+    """`fn` compiled with XLA by the backend's own compiler (tf.function or jax.jit)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=True)

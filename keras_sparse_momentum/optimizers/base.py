@@ -4,10 +4,12 @@ Keras applies an optimizer one variable at a time (`update_step`). The pruning
 optimizers need one decision over *all* prunable variables per step (GSM's
 global top-Q) or a per-variable gradient rewrite (C-SGD's cluster merge),
 taken after gradients are all-reduced so that every replica decides the same.
-`PruningSGD` hooks exactly there: in the TensorFlow backend's
-`_backend_update_step` it all-reduces, calls `transform_gradients` once on the
-whole list, then runs the usual per-variable update on each replica. Everything
-else (clipping, gradient accumulation, EMA, loss scaling, XLA) is Keras's own.
+`PruningSGD` hooks exactly there, in `_backend_update_step`: on TensorFlow it
+all-reduces, calls `transform_gradients` once on the whole list, then runs the
+usual per-variable update on each replica; on JAX the gradients are already
+global and it transforms, then updates (`keras_sparse_momentum.backend` holds
+every backend-specific call). Everything else (clipping, gradient accumulation,
+EMA, loss scaling, XLA) is Keras's own.
 
 The weight decay of these optimizers is the papers' *coupled* L2 term, added to
 the gradient inside the momentum buffer (PyTorch SGD's `weight_decay`), applied
@@ -18,20 +20,10 @@ and honouring `exclude_from_weight_decay`.
 import math
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_sparse_momentum import backend
 from keras_sparse_momentum import prunable as prunable_lib
-
-
-def check_backend():
-    """Fail early, with the fix, on a backend the optimizers do not support."""
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            "keras-sparse-momentum optimizers need the TensorFlow backend; "
-            f"Keras is using '{keras.backend.backend()}'. Set "
-            "KERAS_BACKEND=tensorflow before importing keras."
-        )
 
 
 def is_int(value):
@@ -63,13 +55,6 @@ def check_non_negative(value, name, owner):
     return float(value)
 
 
-def dense_gradient(gradient):
-    """Densify `tf.IndexedSlices` (from Embedding); other tensors pass through."""
-    if isinstance(gradient, tf.IndexedSlices):
-        return tf.convert_to_tensor(gradient)
-    return gradient
-
-
 class PruningSGD(keras.optimizers.SGD):
     """Momentum SGD with coupled weight decay and a whole-step gradient hook.
 
@@ -88,7 +73,7 @@ class PruningSGD(keras.optimizers.SGD):
         name=None,
         **kwargs,
     ):
-        check_backend()
+        backend.check_backend()
         owner = type(self).__name__
         momentum = check_unit_interval(momentum, "momentum", owner)
         weight_decay = check_non_negative(weight_decay or 0.0, "weight_decay", owner)
@@ -146,9 +131,12 @@ class PruningSGD(keras.optimizers.SGD):
         """Rewrite the all-reduced gradients of one step; identity here.
 
         Args:
-            grads: list of gradient tensors (all-reduced across replicas).
-            variables: the matching backend variables (readable in replica
-                context: their values are identical on every replica).
+            grads: list of gradient tensors (all-reduced across replicas;
+                possibly `tf.IndexedSlices`: see `backend.dense_gradient`).
+            variables: the matching variables (`tf.Variable`s on TensorFlow,
+                Keras variables on JAX), identical on every replica; index
+                them with `_get_variable_index`, read them with `backend.read`
+                or any `keras.ops` function.
         """
         return grads
 
@@ -156,18 +144,7 @@ class PruningSGD(keras.optimizers.SGD):
         """Keras's decoupled decay is replaced by the coupled term in `update_step`."""
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        variables = [
-            v.value if isinstance(v, keras.Variable) else v
-            for v in trainable_variables
-        ]
-        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
-        grads = self.transform_gradients([g for g, _ in grads_and_vars], variables)
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_tf_update_step,
-            self._distribution_strategy,
-            list(zip(grads, variables)),
-            learning_rate,
-        )
+        backend.update_all(self, grads, trainable_variables, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         """SGD step on `gradient + weight_decay * variable` (coupled decay)."""
@@ -177,7 +154,7 @@ class PruningSGD(keras.optimizers.SGD):
         """`gradient + weight_decay * variable` where decay applies, else `gradient`."""
         if self.weight_decay and self._decay_flags[self._get_variable_index(variable)]:
             gradient = ops.add(
-                ops.cast(dense_gradient(gradient), variable.dtype),
+                ops.cast(backend.dense_gradient(gradient), variable.dtype),
                 ops.multiply(variable, ops.cast(self.weight_decay, variable.dtype)),
             )
         return gradient

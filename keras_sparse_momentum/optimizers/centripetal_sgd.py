@@ -6,9 +6,9 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
+from keras_sparse_momentum import backend
 from keras_sparse_momentum.optimizers import base
 from keras_sparse_momentum.surgery.cluster_plan import KERNEL, STATISTIC, ClusterPlan
 
@@ -146,8 +146,8 @@ class CentripetalSGD(base.PruningSGD):
             axis, matrix, strength = entry
             dtype = variable.dtype
             matrix = ops.cast(matrix, dtype)
-            gradient = ops.cast(base.dense_gradient(grads[i]), dtype)
-            weights = tf.convert_to_tensor(variable)  # read the (backend) variable
+            gradient = ops.cast(backend.dense_gradient(grads[i]), dtype)
+            weights = backend.read(variable)
             pulled = ops.multiply(weights, ops.cast(strength, dtype))
             # M g + eps (w - M w) == M (g - eps w) + eps w: one product with M, not two.
             grads[i] = ops.add(_along(ops.subtract(gradient, pulled), matrix, axis), pulled)

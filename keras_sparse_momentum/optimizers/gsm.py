@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_sparse_momentum import prunable as prunable_lib
 from keras_sparse_momentum import schedules
+from keras_sparse_momentum import backend
 from keras_sparse_momentum.optimizers import base
 from keras_sparse_momentum.optimizers.selection import kth_largest
 from keras_sparse_momentum.schedules import polynomial_sparsity
@@ -289,7 +290,7 @@ class GSMMomentum(base.PruningSGD):
             for i, v in enumerate(variables)
             if self._prunable_flags[self._get_variable_index(v)]
         ]
-        dense = {i: base.dense_gradient(grads[i]) for i in indices}
+        dense = {i: backend.dense_gradient(grads[i]) for i in indices}
         scores = {i: self._score(dense[i], variables[i]) for i in indices}
         threshold = kth_largest([scores[i] for i in indices], self._active_count())
         grads = list(grads)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_sparse_momentum import backend
 from keras_sparse_momentum.optimizers import base
 
 _SCHEDULE = keras.optimizers.schedules.LearningRateSchedule
@@ -182,7 +183,7 @@ class ProxNAG(base.PruningSGD):
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
         gradient = ops.cast(
-            base.dense_gradient(self.coupled_gradient(gradient, variable)), dtype
+            backend.dense_gradient(self.coupled_gradient(gradient, variable)), dtype
         )
         previous = self._sparse_iterates[index]
         # `w~_0 = w_0`. Keras usually builds the optimizer while tracing the
@@ -222,9 +223,8 @@ class ProxNAG(base.PruningSGD):
         for variable in self.prunable_trainables(var_list):
             iterate = self.sparse_iterate(variable)
             if self.use_ema:
-                variable.assign(
-                    ops.where(ops.not_equal(iterate, 0), variable, ops.zeros_like(variable))
-                )
+                value = ops.convert_to_tensor(variable)
+                variable.assign(ops.where(ops.not_equal(iterate, 0), value, ops.zeros_like(value)))
             else:
                 variable.assign(iterate)
 

@@ -6,14 +6,14 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_sparse_momentum as ksm
 from keras_sparse_momentum.optimizers import gsm
-from support import classification_data, compile_for_test, kernels, mlp, nonzeros, top_magnitude_masks
+from support import (classification_data, compile_for_test, kernels, mlp, nonzeros,
+                     tensorflow_only, top_magnitude_masks)
 
 
-def _train(optimizer, epochs=3, jit_compile=False, model=None, batch_size=32, **fit_kwargs):
+def _train(optimizer, epochs=3, jit_compile="auto", model=None, batch_size=32, **fit_kwargs):
     keras.utils.set_random_seed(0)
     model = model or mlp()
     x, y = classification_data()
@@ -254,7 +254,10 @@ def test_mixed_precision_loss_scaling():
     assert all(np.all(np.isfinite(w)) for w in _weights(model))
 
 
+@tensorflow_only("tf.distribute.MirroredStrategy (JAX: test_jax.py's DataParallel tests)")
 def test_mirrored_strategy_on_two_cpus_equals_one_device():
+    import tensorflow as tf
+
     x, y = classification_data()
 
     def run(strategy):
@@ -291,7 +294,7 @@ def test_sparse_embedding_gradients_work():
     x = np.random.default_rng(0).integers(0, 50, (64, 5)).astype("int32")
     y = (x[:, 0] % 4).astype("int32")
     opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=4)
-    compile_for_test(model, opt, jit_compile=False)
+    compile_for_test(model, opt)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert nonzeros(kernels(model)) == math.ceil(40 * 4 / 4)
     embed = _GradientKinds(0.05, momentum=0.9, compression=4, name="recording_gsm",

@@ -5,14 +5,14 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_sparse_momentum as ksm
 from keras_sparse_momentum.optimizers.prox_nag import soft_threshold
-from support import Trajectory, classification_data, compile_for_test, kernels, mlp, nonzeros
+from support import (Trajectory, classification_data, compile_for_test, kernels, mlp, nonzeros,
+                     tensorflow_only)
 
 
-def _train(optimizer, epochs=2, jit_compile=False, model=None, n=128, **fit_kwargs):
+def _train(optimizer, epochs=2, jit_compile="auto", model=None, n=128, **fit_kwargs):
     keras.utils.set_random_seed(0)
     model = model or mlp()
     x, y = classification_data(n=n)
@@ -154,9 +154,12 @@ def test_mixed_precision_and_gradient_accumulation():
     assert nonzeros(kernels(model)) < sum(v.numpy().size for v in kernels(model))
 
 
+@tensorflow_only("tf.distribute.MirroredStrategy (JAX: test_jax.py's DataParallel tests)")
 @pytest.mark.parametrize("iterative", [False, True])
 def test_mirrored_strategy_on_two_cpus_equals_one_device(iterative):
     """Replicas see all-reduced gradients and agree bit for bit, with and without the rounds."""
+    import tensorflow as tf
+
     x, y = classification_data()
 
     def run(strategy):
