@@ -17,6 +17,9 @@ through each entry point from its initial weights:
   `CentripetalSGD` fit, `strip(model, plan)`; relative error <= 1e-4.
 - `aofp`: a short `AOFP` search (a threshold high enough to prune within the
   few steps), then `strip`; relative error <= 1e-4.
+- `gsm_csgd`: composability (issue 16's Conv1D bug): the `gsm` fit, then
+  `ClusterPlan.from_model(keep_ratio=0.5)` on the pruned weights (dead filters
+  included), `CentripetalSGD` fit, `strip(model, plan)`; relative error <= 1e-4.
 - `export`: `export_tflite` of the `strip` cell's model; the file is verified
   by `export_tflite` itself, and its relative error is reported.
 
@@ -25,16 +28,24 @@ Each cell is "ok" (the guarantee holds; error and seconds given), "refused" (a
 clear refusal names the layer) or "failed" (any other exception, including
 a ValueError from inside Keras such as a shape error, or a broken guarantee).
 tests/test_architectures.py runs the same cells in CI, on a subset.
+
+Two smaller tables ride along: `clustering` times `ClusterPlan.from_model` on
+ResNet50 with the numpy k-means++ ClusterPlan used before commit 69788be (read
+from git) against the current scikit-learn one, side by side in one process;
+`lines` counts the lines of each surgery module before the layer-rules
+redesign (commit 3a6bf75, the merge-base of 0b38858) and now.
 """
 
 import dataclasses
-import datetime
 import math
 import os
+import subprocess
 import tempfile
 import time
 import traceback
+import types
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -45,12 +56,13 @@ from keras import layers  # noqa: E402
 
 import keras_sparse_momentum as ksm  # noqa: E402
 from keras_sparse_momentum.prunable import kept_count, prunable_variables  # noqa: E402
+from keras_sparse_momentum.surgery import cluster_plan as cluster_plan_lib  # noqa: E402
 from keras_sparse_momentum.surgery.strip import TOLERANCE, max_relative_error  # noqa: E402
 
 NAME = "architectures"
 TITLE = "Real architectures through every entry point (issue 16)"
 
-ENTRY_POINTS = ("gsm", "prune_to_ratio", "strip", "csgd", "aofp", "export")
+ENTRY_POINTS = ("gsm", "prune_to_ratio", "strip", "csgd", "aofp", "gsm_csgd", "export")
 COMPRESSION = 10
 STEPS = 2
 BATCH = 4
@@ -66,18 +78,25 @@ def _application(constructor, **kwargs):
     return build
 
 
-def vit_block(image=32, patch=8, width=32, heads=4, classes=10):
-    """Patch embedding, one pre-norm transformer block (MultiHeadAttention, FFN), residuals."""
-    inputs = keras.Input((image, image, 3))
+def vit_block(image=32, patch=8, width=32, heads=4, classes=10, channels=3, blocks=1):
+    """Patch embedding, `blocks` pre-norm transformer blocks (MultiHeadAttention, FFN), residuals.
+
+    Layer names carry a block suffix `_<i>` only when there are several blocks.
+    """
+    def named(base, i):
+        return base if blocks == 1 else f"{base}_{i}"
+
+    inputs = keras.Input((image, image, channels))
     x = layers.Conv2D(width, patch, strides=patch, name="patch_embed")(inputs)
     x = layers.Reshape(((image // patch) ** 2, width))(x)
-    y = layers.LayerNormalization(name="ln_attention")(x)
-    y = layers.MultiHeadAttention(heads, width // heads, name="attention")(y, y)
-    x = layers.Add()([x, y])
-    y = layers.LayerNormalization(name="ln_ffn")(x)
-    y = layers.Dense(2 * width, activation="gelu", name="ffn_hidden")(y)
-    y = layers.Dense(width, name="ffn_out")(y)
-    x = layers.Add()([x, y])
+    for i in range(blocks):
+        y = layers.LayerNormalization(name=named("ln_attention", i))(x)
+        y = layers.MultiHeadAttention(heads, width // heads, name=named("attention", i))(y, y)
+        x = layers.Add()([x, y])
+        y = layers.LayerNormalization(name=named("ln_ffn", i))(x)
+        y = layers.Dense(2 * width, activation="gelu", name=named("ffn_hidden", i))(y)
+        y = layers.Dense(width, name=named("ffn_out", i))(y)
+        x = layers.Add()([x, y])
     x = layers.LayerNormalization(name="ln_head")(x)
     x = layers.GlobalAveragePooling1D()(x)
     return keras.Model(inputs, layers.Dense(classes, name="logits")(x), name="vit_block")
@@ -121,7 +140,7 @@ MODELS = {
     "Conv1D + BN": conv1d_bn,
 }
 del apps
-QUICK_MODELS = ("ViT block (MultiHeadAttention)", "Embedding + LSTM", "GRU", "Conv1D + BN")
+QUICK_MODELS = ("Conv1D + BN",)  # tests/test_architectures.py covers more in CI
 
 
 class Architecture:
@@ -246,8 +265,9 @@ def strip(arch):
     return numbers, ok, error, f"{numbers['params']:,} -> {numbers['params_after']:,} params"
 
 
-def csgd(arch):
-    arch.make_dead_units()
+def csgd(arch, dead_units=True):
+    if dead_units:
+        arch.make_dead_units()
     plan = ksm.ClusterPlan.from_model(arch.model, keep_ratio=0.5)
     arch.compile(ksm.CentripetalSGD(plan, learning_rate=LEARNING_RATE, centripetal_strength=0.1))
     with warnings.catch_warnings():
@@ -274,6 +294,13 @@ def aofp(arch):
     return numbers, ok, error, f"{numbers['params']:,} -> {numbers['params_after']:,} params"
 
 
+def gsm_csgd(arch):
+    numbers, exact, _, summary = gsm(arch)
+    if not exact:
+        return numbers, False, None, f"GSM: {summary}"
+    return csgd(arch, dead_units=False)
+
+
 def export(arch):
     if arch.stripped is None:
         strip(arch)
@@ -289,7 +316,7 @@ def export(arch):
 
 
 CELLS = {"gsm": gsm, "prune_to_ratio": prune_to_ratio, "strip": strip, "csgd": csgd,
-         "aofp": aofp, "export": export}
+         "aofp": aofp, "gsm_csgd": gsm_csgd, "export": export}
 
 
 def _raised_by_us(error):
@@ -326,24 +353,110 @@ def names_a_layer(arch, message):
     return any(f"'{name}'" in message for name in names)
 
 
+# -- clustering time and module lines, before and after -------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+KMEANS_BEFORE = "69788be^"  # the numpy k-means++ ClusterPlan used before scikit-learn's
+REDESIGN_BEFORE = "3a6bf75"  # merge-base of the layer-rules redesign (commit 0b38858)
+REDESIGN = "0b38858"
+LINE_MODULES = ("surgery/cluster_plan.py", "surgery/dead_units.py", "surgery/rebuild.py",
+                "callbacks/aofp.py", "surgery/flops.py", "report.py", "surgery/rules.py",
+                "surgery/graph.py", "surgery/strip.py")
+CLUSTER_MODEL = {"full": "ResNet50", "quick": "Conv1D + BN"}
+
+
+def _git_show(revision, path):
+    """The text of `path` at `revision`; None if the file is absent there; raises
+    LookupError if git or the commit is missing (a shallow clone)."""
+    try:
+        known = subprocess.run(["git", "cat-file", "-e", f"{revision}^{{commit}}"], cwd=REPO,
+                               capture_output=True).returncode == 0
+    except OSError:
+        known = False
+    if not known:
+        raise LookupError(f"commit {revision} is not in this clone")
+    proc = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=REPO, capture_output=True,
+                          text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def kmeans_before():
+    """The k-means module ClusterPlan used before commit 69788be, loaded from git."""
+    source = _git_show(KMEANS_BEFORE, "keras_sparse_momentum/surgery/kmeans.py")
+    module = types.ModuleType("kmeans_before_69788be")
+    exec(compile(source, f"kmeans.py@{KMEANS_BEFORE}", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def clustering_rows(name):
+    """`ClusterPlan.from_model(keep_ratio=0.5)` seconds with the old and the current k-means,
+    side by side in this process: on the initial weights, then with every 4th filter zero."""
+    before = kmeans_before()
+    arch = Architecture(name)
+    cluster_plan_lib.kmeans_lib.kmeans(np.eye(4), 2)  # scikit-learn imported before timing
+    rows = []
+    for state in ("initial weights", f"every {DEAD_EVERY}th filter zero"):
+        if state != "initial weights":
+            arch.make_dead_units()
+        seconds, plans = {}, {}
+        for label, module in (("after", cluster_plan_lib.kmeans_lib), ("before", before)):
+            current = cluster_plan_lib.kmeans_lib
+            cluster_plan_lib.kmeans_lib = module
+            try:
+                start = time.perf_counter()
+                plans[label] = ksm.ClusterPlan.from_model(arch.model, keep_ratio=0.5)
+                seconds[label] = time.perf_counter() - start
+            finally:
+                cluster_plan_lib.kmeans_lib = current
+        groups = plans["after"].groups
+        rows.append({"model": name, "state": state, "spaces": len(groups),
+                     "filters": sum(g.width for g in groups),
+                     "before_s": seconds["before"], "after_s": seconds["after"],
+                     "speedup": seconds["before"] / seconds["after"]})
+        print(f"    clustering, {state}: {seconds['before']:.1f} s before, "
+              f"{seconds['after']:.1f} s after", flush=True)
+    return rows
+
+
+def lines_rows():
+    """Lines of each surgery module before the redesign, at its commit and in the
+    checked-out files (later work on a module, e.g. AOFP's resumable state, counts there)."""
+    rows = []
+    for module in LINE_MODULES:
+        path = f"keras_sparse_momentum/{module}"
+        old, redesign = _git_show(REDESIGN_BEFORE, path), _git_show(REDESIGN, path)
+        rows.append({"module": module, "before": len(old.splitlines()) if old else 0,
+                     "redesign": len(redesign.splitlines()) if redesign else 0,
+                     "after": len((REPO / path).read_text().splitlines())})
+    return rows
+
+
 # -- benchmark section interface -------------------------------------------------------
 
 
 def run(opts, previous=None):
-    """Every entry point on every selected model; models not selected keep their stored row."""
-    selected = getattr(opts, "arch_models", None) or (
-        QUICK_MODELS if opts.quick else tuple(MODELS))
+    """Every entry point on every selected model (`opts.arch_models`, default all; quick:
+    the Conv1D model), the clustering times (with ResNet50 or quick) and the module lines.
+
+    Models and tables not measured keep their stored rows."""
+    previous = previous or {}
+    quick = opts.quick
+    selected = getattr(opts, "arch_models", None) or (QUICK_MODELS if quick else tuple(MODELS))
     unknown = set(selected) - set(MODELS)
     if unknown:
         raise ValueError(f"architectures: unknown models {sorted(unknown)}; "
                          f"choose among {list(MODELS)}")
-    rows = dict((previous or {}).get("rows", {}))
+    rows = {row["model"]: row for row in previous.get("rows", [])}
+    results = {key: previous[key] for key in ("clustering", "lines") if key in previous}
+
+    def table():
+        return {**results, "rows": [rows[name] for name in MODELS if name in rows]}
+
     for name in selected:
         print(f"  {name}", flush=True)
         arch = Architecture(name)
-        row = {"build_seconds": arch.build_seconds,
-               "params": arch.model.count_params(),
-               "measured": datetime.datetime.now().isoformat(timespec="minutes")}
+        row = {"model": name, "build_seconds": arch.build_seconds,
+               "params": arch.model.count_params()}
         for entry in ENTRY_POINTS:
             cell = run_cell(arch, entry)
             if cell.outcome == "refused":
@@ -355,8 +468,16 @@ def run(opts, previous=None):
         del arch
         keras.backend.clear_session()
         if hasattr(opts, "checkpoint"):
-            opts.checkpoint({"rows": rows})
-    return {"rows": {name: rows[name] for name in MODELS if name in rows}}
+            opts.checkpoint(table())
+    cluster_model = CLUSTER_MODEL["quick" if quick else "full"]
+    try:
+        if quick or cluster_model in selected:
+            results["clustering"] = clustering_rows(cluster_model)
+        results["lines"] = lines_rows()
+        results.pop("note", None)
+    except LookupError as error:
+        results["note"] = f"clustering and lines not measured: {error}"
+    return table()
 
 
 def _render_cell(cell):
@@ -374,6 +495,10 @@ def _render_cell(cell):
     return f"**failed** ({seconds}): {first_line}"
 
 
+def _stale(row):
+    return f" ({row['stale']})" if row.get("stale") else ""
+
+
 def render(results, out):
     rows = results["rows"]
     header = "| model | params | " + " | ".join(ENTRY_POINTS) + " |"
@@ -381,20 +506,43 @@ def render(results, out):
         "Each architecture is built once (`weights=None`, 32x32x3 inputs, 10 classes) and every",
         f"entry point starts from its initial weights: {STEPS} steps of batch {BATCH}, compression",
         f"{COMPRESSION} for the exact counts, every {DEAD_EVERY}th unit of every producer made dead",
-        "by hand for strip / C-SGD (with BatchNorm statistics and biases randomised), relative",
-        f"errors on {PROBE} random inputs (guarantee: <= {TOLERANCE:g}). `refused` is a ValueError",
+        "by hand for strip / C-SGD (with BatchNorm statistics and biases randomised), GSM's own",
+        "dead units for gsm_csgd, relative errors on",
+        f"{PROBE} random inputs (guarantee: <= {TOLERANCE:g}). `refused` is a ValueError",
         "raised by keras_sparse_momentum; `failed` is any other exception or a broken guarantee.",
         "",
         header,
         "|" + "---|" * (len(ENTRY_POINTS) + 2),
     ]
-    for name, row in rows.items():
+    for row in rows:
         cells = [_render_cell(row[entry]) for entry in ENTRY_POINTS]
-        lines.append(f"| {name} | {row['params']:,} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['model']}{_stale(row)} | {row['params']:,} | "
+                     + " | ".join(cells) + " |")
     counts = {}
-    for row in rows.values():
+    for row in rows:
         for entry in ENTRY_POINTS:
             counts[row[entry]["outcome"]] = counts.get(row[entry]["outcome"], 0) + 1
     lines += ["", "Cells: " + ", ".join(f"{counts.get(k, 0)} {k}"
                                        for k in ("ok", "refused", "failed")) + "."]
+    if results.get("clustering"):
+        lines += ["", "### ClusterPlan.from_model time (keep_ratio 0.5)", "",
+                  f"Before: the numpy k-means++ of commit {KMEANS_BEFORE}; after: scikit-learn's "
+                  "k-means (surgery/kmeans.py); both timed in one process on the same model.", "",
+                  "| model | weights | spaces | filters | before (s) | after (s) | speed-up |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']}{_stale(r)} | {r['state']} | {r['spaces']} | {r['filters']:,} | "
+                  f"{r['before_s']:.2f} | {r['after_s']:.2f} | {r['speedup']:.1f}x |"
+                  for r in results["clustering"]]
+    if results.get("lines"):
+        table = results["lines"]
+        lines += ["", "### Lines per module before and after the layer-rules redesign", "",
+                  f"Before: commit {REDESIGN_BEFORE} (the merge-base of the redesign); redesign: "
+                  f"commit {REDESIGN}; now: the measured commit (later work included).", "",
+                  "| module | before | redesign | now |", "|---|---|---|---|"]
+        lines += [f"| {r['module']}{_stale(r)} | {r['before']} | {r['redesign']} | {r['after']} |"
+                  for r in table]
+        lines.append("| total | " + " | ".join(str(sum(r[k] for r in table))
+                                                for k in ("before", "redesign", "after")) + " |")
+    if results.get("note"):
+        lines += ["", f"Note: {results['note']}"]
     return "\n".join(lines)

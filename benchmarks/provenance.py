@@ -51,6 +51,8 @@ MEASURES = {
                          _PKG + "report.py"],
                    "csgd_resnet": ["benchmarks/csgd_resnet.py", "benchmarks/l1_filter_pruning.py"],
                    "aofp_cnn": ["benchmarks/aofp_cnn.py"],
+                   "csgd_vit": ["benchmarks/csgd_vit.py", "benchmarks/architectures.py",
+                                "benchmarks/csgd_resnet.py", "benchmarks/l1_filter_pruning.py"],
                    "csgd_stripped": _CSGD, "csgd": _CSGD, "aofp_stripped": _AOFP, "aofp": _AOFP,
                    "scratch": _AOFP, "l1_finetuned": [_PKG + "surgery/"]},
     "prox_nag_lenet5": {"*": ["benchmarks/prox_nag_lenet5.py", "benchmarks/data.py"],
@@ -58,6 +60,8 @@ MEASURES = {
                         "tfmot": ["benchmarks/tfmot_prox_worker.py", *_TFMOT]},
     "deployment": {"*": ["benchmarks/deployment.py", "benchmarks/data.py", *_EXPORT, *_GSM,
                          _PKG + "surgery/", _PKG + "cli.py"]},
+    # Every entry point: any change to the package may change a cell.
+    "architectures": {"*": ["benchmarks/architectures.py", _PKG]},
 }
 
 

@@ -59,7 +59,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from benchmarks import provenance  # noqa: E402
 
 SECTIONS = ("accuracy", "layers", "sweep", "cost", "structured", "prox_nag_lenet5", "deployment",
-            "prune_default", "jax_backend")
+            "prune_default", "jax_backend", "architectures")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 README = REPO / "README.md"
@@ -130,10 +130,13 @@ def parse_args(argv):
                    help="rerun only the stored rows whose measured code changed since (and the "
                         "sections never measured)")
     p.add_argument("--structured", type=lambda s: s.split(","), default=None,
-                   help="structured modules to run (default all: csgd_resnet,aofp_cnn); "
+                   help="structured modules to run (default all: csgd_resnet,aofp_cnn,csgd_vit); "
                         "the others keep their stored rows")
     p.add_argument("--cost-models", type=lambda s: s.split(","), default=None,
                    help="step-time models (default lenet5,resnet20)")
+    p.add_argument("--arch-models", type=lambda s: s.split(","), default=None,
+                   help="architectures section: models to run (default all; others keep their "
+                        "stored rows), e.g. 'ResNet50,GRU'")
     opts = p.parse_args(argv)
     unknown = set(opts.only.split(",")) - set(SECTIONS)
     if unknown:

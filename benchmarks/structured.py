@@ -1,9 +1,9 @@
 """Structured pruning rows (C-SGD, AOFP, L1-norm filter pruning) from optional modules.
 
-Other parts of the project provide `benchmarks/csgd_resnet.py` and
-`benchmarks/aofp_cnn.py`, each with `run(quick) -> list[dict]` (one dict per
-table row, same keys within a module). A module that is absent is skipped with a
-note. The sentences under a table on rows that lose (`WHY`) are written here,
+Other parts of the project provide `benchmarks/csgd_resnet.py`,
+`benchmarks/aofp_cnn.py` and `benchmarks/csgd_vit.py`, each with
+`run(quick) -> list[dict]` (one dict per table row, same keys within a module).
+A module that is absent is skipped with a note. The sentences under a table on rows that lose (`WHY`) are written here,
 from the stored rows: a sentence only appears when its comparison holds, and
 every number in it is read from the rows beside it.
 """
@@ -13,7 +13,7 @@ import importlib
 
 NAME = "structured"
 TITLE = "Structured pruning: accuracy vs FLOPs kept, TFLite size and latency"
-MODULES = ("csgd_resnet", "aofp_cnn")
+MODULES = ("csgd_resnet", "aofp_cnn", "csgd_vit")
 HIDDEN = ("commit", "dirty", "stale")  # provenance, shown in the 'stale' column
 
 
@@ -111,7 +111,21 @@ def why_aofp_cnn(rows):
     return sentences
 
 
-WHY = {"csgd_resnet": why_csgd_resnet, "aofp_cnn": why_aofp_cnn}
+def why_csgd_vit(rows):
+    """The ViT rows compared: C-SGD against L1-norm pruning at the same widths, and dense."""
+    dense, csgd, l1 = (_row(rows, m) for m in ("dense", "csgd_stripped", "l1_finetuned"))
+    if not (dense and csgd and l1):
+        return []
+    better = "above" if csgd["test_accuracy"] > l1["test_accuracy"] else "not above"
+    return [f"with {csgd['heads_ffn_units']} heads/FFN units per block left of "
+            f"{dense['heads_ffn_units']} ({csgd['flops_removed_pct']:.1f} % of the MACs removed), "
+            f"C-SGD + strip reaches {100 * csgd['test_accuracy']:.2f} %, {better} L1-norm pruning "
+            f"of the same units ({100 * l1['test_accuracy']:.2f} %), against "
+            f"{100 * dense['test_accuracy']:.2f} % dense; LiteRT latency {csgd['tflite_ms']:.3f} "
+            f"and {l1['tflite_ms']:.3f} ms against {dense['tflite_ms']:.3f} ms dense."]
+
+
+WHY = {"csgd_resnet": why_csgd_resnet, "aofp_cnn": why_aofp_cnn, "csgd_vit": why_csgd_vit}
 
 
 def render(results, out):
