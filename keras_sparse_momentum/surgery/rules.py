@@ -82,11 +82,16 @@ def relative_path(layer, variable):
 
 
 def weights_by_path(layer):
-    """{relative path: variable} of a layer's weights (positions if two paths coincide)."""
-    paths = [relative_path(layer, w) for w in layer.weights]
+    """{relative path: variable} of a layer's weights (positions if two paths coincide).
+
+    A functional model's graph also holds operations that are not layers
+    (`x * keras.ops.hard_sigmoid(x)` in MobileNetV3): they have no weights.
+    """
+    weights = getattr(layer, "weights", [])
+    paths = [relative_path(layer, w) for w in weights]
     if len(set(paths)) < len(paths):
         paths = [f"#{i}" for i in range(len(paths))]
-    return dict(zip(paths, layer.weights))
+    return dict(zip(paths, weights))
 
 
 def slot_kind(variable, slot):

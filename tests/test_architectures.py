@@ -1,0 +1,47 @@
+"""Issue 16's matrix in CI: every entry point on small real architectures either keeps its
+guarantee or refuses with a ValueError from keras_sparse_momentum naming the layer.
+
+The cells are those of the `architectures` benchmark section (benchmarks/architectures.py,
+which documents each guarantee); here they run on its smallest models, and every cell's
+outcome is pinned: which ones hold (with their numbers re-checked) and which refuse (with
+the layer the refusal must name). No shape error, no silently changed function.
+"""
+
+import pytest
+
+from benchmarks import architectures as arch_bench
+from keras_sparse_momentum.surgery.strip import TOLERANCE
+
+MODELS = ("ViT block (MultiHeadAttention)", "Embedding + LSTM", "GRU", "Conv1D + BN",
+          "MobileNetV3Small")
+# Entry points whose refusal is the right answer, and the layer the message must name.
+REFUSED = {
+    ("Embedding + LSTM", "csgd"): "lstm", ("Embedding + LSTM", "gsm_csgd"): "lstm",
+    ("Embedding + LSTM", "aofp"): "lstm",
+    ("GRU", "csgd"): "gru_1", ("GRU", "gsm_csgd"): "gru_1", ("GRU", "aofp"): "gru_1",
+}
+STRIPS = ("strip", "csgd", "aofp", "gsm_csgd", "export")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def arch(request):
+    return arch_bench.Architecture(request.param)
+
+
+@pytest.mark.parametrize("entry", arch_bench.ENTRY_POINTS)
+def test_entry_point_holds_or_refuses_naming_the_layer(arch, entry):
+    cell = arch_bench.run_cell(arch, entry)
+    layer = REFUSED.get((arch.name, entry))
+    if layer is not None:
+        assert cell.outcome == "refused", cell
+        assert f"'{layer}'" in cell.detail and arch_bench.names_a_layer(arch, cell.detail)
+        return
+    assert cell.outcome == "ok", cell.detail
+    if entry in ("gsm", "prune_to_ratio"):
+        assert cell.numbers["nonzero"] == cell.numbers["expected"] > 0
+    if entry in STRIPS:
+        assert 0 <= cell.relative_error <= TOLERANCE
+    if entry in ("csgd", "gsm_csgd"):
+        assert cell.numbers["params_after"] < cell.numbers["params"]
+    if entry == "gsm_csgd":  # issue 16's Conv1D bug needed filters GSM had zeroed whole
+        assert cell.numbers["gsm_dead_filters"] > 0
