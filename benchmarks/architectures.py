@@ -69,6 +69,7 @@ BATCH = 4
 PROBE = 4
 DEAD_EVERY = 4  # every 4th output unit of every producer is made dead
 LEARNING_RATE = 1e-3  # EfficientNetB0 at batch 2 overflows after one step at 1e-2
+FLOAT64_TOLERANCE = 1e-9  # an exact strip computed in float64 (see _strip_check)
 
 
 def _application(constructor, **kwargs):
@@ -146,11 +147,12 @@ QUICK_MODELS = ("Conv1D + BN",)  # tests/test_architectures.py covers more in CI
 class Architecture:
     """One model build, its initial weights and data, shared by the entry points."""
 
-    def __init__(self, name, seed=0):
+    def __init__(self, name, seed=0, build=None):
+        """`build`: a model constructor instead of `MODELS[name]` (the tests' tiny models)."""
         self.name = name
         keras.utils.set_random_seed(seed)
         start = time.perf_counter()
-        self.model = MODELS[name]()
+        self.model = (build or MODELS[name])()
         self.build_seconds = time.perf_counter() - start
         self.initial = self.model.get_weights()
         rng = np.random.default_rng(seed)
@@ -228,12 +230,43 @@ def _count(arch):
     return {"nonzero": nonzero, "expected": expected, "total": total}, nonzero == expected
 
 
-def _strip_error(arch, reference, stripped):
-    """(relative error on the probe batch, whether both outputs are finite)."""
+def float64_copy(model):
+    """The same model computing in float64 (its config with every dtype float64)."""
+    def widen(node):
+        if isinstance(node, dict):
+            return {k: "float64" if k == "dtype" and isinstance(v, (str, dict)) else widen(v)
+                    for k, v in node.items()}
+        return [widen(v) for v in node] if isinstance(node, list) else node
+
+    copy = model.__class__.from_config(widen(model.get_config()))
+    copy.set_weights([w.astype("float64") if w.dtype == np.float32 else w
+                      for w in model.get_weights()])
+    return copy
+
+
+def _strip_check(arch, reference, stripped):
+    """(float32 relative error on the probe batch, whether the guarantee holds, numbers).
+
+    It holds when both outputs are finite and the error is <= TOLERANCE. A deep
+    network at its random initial weights can amplify float32 rounding past that
+    (EfficientNetB0 after AOFP: its own float32 and float64 outputs differ by
+    ~2e-4); then both models are recomputed in float64, where an exact strip
+    agrees to ~1e-13, and the guarantee is judged there (<= FLOAT64_TOLERANCE),
+    with the float32 rounding noise of the reference itself reported beside it.
+    """
     outputs = [keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(
         (reference(arch.probe, training=False), stripped(arch.probe, training=False)))]
-    finite = all(np.all(np.isfinite(y)) for y in outputs)
-    return max_relative_error(reference, stripped, arch.probe), finite
+    if not all(np.all(np.isfinite(y)) for y in outputs):
+        return float("nan"), False, {}
+    error = max_relative_error(reference, stripped, arch.probe)
+    if error <= TOLERANCE:
+        return error, True, {}
+    wide = float64_copy(reference)
+    probe = keras.tree.map_structure(
+        lambda x: x.astype("float64") if x.dtype == np.float32 else x, arch.probe)
+    numbers = {"float64_relative_error": max_relative_error(wide, float64_copy(stripped), probe),
+               "float32_noise_of_reference": max_relative_error(wide, reference, arch.probe)}
+    return error, numbers["float64_relative_error"] <= FLOAT64_TOLERANCE, numbers
 
 
 def _removed(arch, stripped):
@@ -261,10 +294,9 @@ def prune_to_ratio(arch):
 def strip(arch):
     arch.make_dead_units()
     stripped = ksm.strip(arch.model)
-    error, finite = _strip_error(arch, arch.model, stripped)
+    error, ok, checked = _strip_check(arch, arch.model, stripped)
     arch.stripped = stripped
-    numbers = _removed(arch, stripped)
-    ok = finite and error <= TOLERANCE
+    numbers = {**_removed(arch, stripped), **checked}
     return numbers, ok, error, f"{numbers['params']:,} -> {numbers['params_after']:,} params"
 
 
@@ -277,10 +309,9 @@ def csgd(arch, dead_units=True):
         warnings.simplefilter("ignore", UserWarning)  # "clusters had not converged": expected
         arch.fit()
     stripped = ksm.strip(arch.model, plan)
-    error, finite = _strip_error(arch, arch.model, stripped)
-    numbers = {**_removed(arch, stripped), "clustered_spaces": len(plan.groups),
+    error, ok, checked = _strip_check(arch, arch.model, stripped)
+    numbers = {**_removed(arch, stripped), **checked, "clustered_spaces": len(plan.groups),
                "unclustered_spaces": len(plan.skipped)}
-    ok = finite and error <= TOLERANCE
     return numbers, ok, error, (f"{numbers['params']:,} -> {numbers['params_after']:,} params, "
                                 f"{len(plan.groups)} spaces clustered")
 
@@ -289,11 +320,12 @@ def aofp(arch):
     aofp_callback = ksm.AOFP(0.5, thresh=0.5, iters_per_half=1, probe_data=arch.probe,
                              measure_every=1, probe_batch_size=PROBE, seed=0)
     arch.compile(keras.optimizers.SGD(LEARNING_RATE))
-    arch.fit([aofp_callback])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "AOFP reached", UserWarning)  # 2 steps: expected
+        arch.fit([aofp_callback])
     stripped = ksm.strip(arch.model)
-    error, finite = _strip_error(arch, arch.model, stripped)
-    numbers = _removed(arch, stripped)
-    ok = finite and error <= TOLERANCE
+    error, ok, checked = _strip_check(arch, arch.model, stripped)
+    numbers = {**_removed(arch, stripped), **checked}
     return numbers, ok, error, f"{numbers['params']:,} -> {numbers['params_after']:,} params"
 
 
@@ -495,7 +527,11 @@ def run(opts, previous=None):
 def _render_cell(cell):
     seconds = f"{cell['seconds']:.0f} s"
     if cell["outcome"] == "ok":
-        error = cell["relative_error"]
+        error, wide = cell["relative_error"], cell["numbers"].get("float64_relative_error")
+        if wide is not None:
+            noise = cell["numbers"]["float32_noise_of_reference"]
+            return (f"ok ({seconds}, rel. err. {error:.0e} in float32, where the source's own "
+                    f"rounding is {noise:.0e}; {wide:.0e} in float64)")
         return f"ok ({seconds}" + (f", rel. err. {error:.0e})" if error is not None else ")")
     first_line = cell["detail"].splitlines()[0] if cell["detail"] else ""
     if len(first_line) > 150:
@@ -520,7 +556,9 @@ def render(results, out):
         f"{COMPRESSION} for the exact counts, every {DEAD_EVERY}th unit of every producer made dead",
         "by hand for strip / C-SGD (with BatchNorm statistics and biases randomised), GSM's own",
         "dead units for gsm_csgd, relative errors on",
-        f"{PROBE} random inputs (guarantee: <= {TOLERANCE:g}). `refused` is a ValueError",
+        f"{PROBE} random inputs (guarantee: <= {TOLERANCE:g}; where float32 rounding of a deep",
+        "random-initialised network alone exceeds that, both models are recomputed in float64",
+        f"and the guarantee is <= {FLOAT64_TOLERANCE:g} there). `refused` is a ValueError",
         "raised by keras_sparse_momentum; `failed` is any other exception or a broken guarantee.",
         "",
         header,

@@ -50,7 +50,7 @@ CONFIGS = {
     "quick": dict(width=16, heads=2, blocks=1, train=512, test=256, epochs_1=1, epochs_2=1,
                   batch=64, rounds=3, invokes=10),
     "full": dict(width=64, heads=4, blocks=2, train=8000, test=2000, epochs_1=6, epochs_2=4,
-                 batch=64, rounds=11, invokes=50),
+                 batch=64, rounds=15, invokes=300),
 }
 KEEP_RATIO = 0.5
 ADAM_RATE = 1e-3

@@ -88,3 +88,25 @@ def mlp(inputs=12, hidden=(16, 10), classes=4):
         x = layers.Dense(width, activation="relu", name=f"hidden{i}")(x)
     outputs = layers.Dense(classes, name="logits")(x)
     return keras.Model(model_inputs, outputs, name="mlp")
+
+
+def mobilenet_v3_block(input_shape=(16, 16, 3), classes=10):
+    """MobileNetV3-style: hard-swish written with `keras.ops` (graph operations that are not
+    layers), an inverted residual with a depthwise conv and squeeze-and-excite."""
+
+    def hard_swish(x):
+        return x * keras.ops.hard_sigmoid(x)
+
+    inputs = keras.Input(input_shape)
+    x = hard_swish(_conv_bn(inputs, 8, strides=2, relu=False, name="stem"))
+    y = hard_swish(_conv_bn(x, 16, kernel=1, relu=False, name="expand"))
+    y = layers.DepthwiseConv2D(3, padding="same", use_bias=False)(y)
+    y = hard_swish(layers.BatchNormalization()(y))
+    s = layers.GlobalAveragePooling2D(keepdims=True)(y)
+    s = layers.Conv2D(4, 1, activation="relu", name="se_reduce")(s)
+    s = layers.Conv2D(16, 1, activation="hard_sigmoid", name="se_expand")(s)
+    y = layers.Multiply()([y, s])
+    y = _conv_bn(y, 8, kernel=1, relu=False, name="project")
+    x = layers.Add()([x, y])
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(classes, name="logits")(x), name="mobilenet_v3")
