@@ -478,14 +478,24 @@ def lines_rows():
 # -- benchmark section interface -------------------------------------------------------
 
 
-def run(opts, previous=None):
-    """Every entry point on every selected model (`opts.arch_models`, default all; quick:
-    the Conv1D model), the clustering times (with ResNet50 or quick) and the module lines.
+TABLES = ("rows", "clustering", "lines")
 
-    Models and tables not measured keep their stored rows."""
+
+def run(opts, previous=None):
+    """The tables named by `opts.arch_tables` (default all): every entry point on every
+    selected model (`opts.arch_models`, default all; quick: the Conv1D model), the
+    clustering times (ResNet50; quick: the Conv1D model) and the module lines.
+
+    Models and tables not measured keep their stored rows. The clustering times
+    compare two timings: run that table alone under the timing lock."""
     previous = previous or {}
     quick = opts.quick
+    tables = getattr(opts, "arch_tables", None) or TABLES
+    if set(tables) - set(TABLES):
+        raise ValueError(f"architectures: unknown tables {sorted(set(tables) - set(TABLES))}; "
+                         f"choose among {TABLES}")
     selected = getattr(opts, "arch_models", None) or (QUICK_MODELS if quick else tuple(MODELS))
+    selected = selected if "rows" in tables else ()
     unknown = set(selected) - set(MODELS)
     if unknown:
         raise ValueError(f"architectures: unknown models {sorted(unknown)}; "
@@ -513,11 +523,11 @@ def run(opts, previous=None):
         keras.backend.clear_session()
         if hasattr(opts, "checkpoint"):
             opts.checkpoint(table())
-    cluster_model = CLUSTER_MODEL["quick" if quick else "full"]
     try:
-        if quick or cluster_model in selected:
-            results["clustering"] = clustering_rows(cluster_model)
-        results["lines"] = lines_rows()
+        if "clustering" in tables:
+            results["clustering"] = clustering_rows(CLUSTER_MODEL["quick" if quick else "full"])
+        if "lines" in tables:
+            results["lines"] = lines_rows()
         results.pop("note", None)
     except LookupError as error:
         results["note"] = f"clustering and lines not measured: {error}"

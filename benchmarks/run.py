@@ -137,6 +137,9 @@ def parse_args(argv):
     p.add_argument("--arch-models", type=lambda s: s.split(","), default=None,
                    help="architectures section: models to run (default all; others keep their "
                         "stored rows), e.g. 'ResNet50,GRU'")
+    p.add_argument("--arch-tables", type=lambda s: s.split(","), default=None,
+                   help="architectures section: tables to measure among rows,clustering,lines "
+                        "(default all; the others keep their stored rows)")
     opts = p.parse_args(argv)
     unknown = set(opts.only.split(",")) - set(SECTIONS)
     if unknown:
