@@ -456,7 +456,8 @@ def clustering_rows(name):
         rows.append({"model": name, "state": state, "spaces": len(groups),
                      "filters": sum(g.width for g in groups),
                      "before_s": seconds["before"], "after_s": seconds["after"],
-                     "speedup": seconds["before"] / seconds["after"]})
+                     "speedup": seconds["before"] / seconds["after"],
+                     "load": round(os.getloadavg()[0], 1)})
         print(f"    clustering, {state}: {seconds['before']:.1f} s before, "
               f"{seconds['after']:.1f} s after", flush=True)
     return rows
@@ -588,10 +589,10 @@ def render(results, out):
         lines += ["", "### ClusterPlan.from_model time (keep_ratio 0.5)", "",
                   f"Before: the numpy k-means++ of commit {KMEANS_BEFORE}; after: scikit-learn's "
                   "k-means (surgery/kmeans.py); both timed in one process on the same model.", "",
-                  "| model | weights | spaces | filters | before (s) | after (s) | speed-up |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | weights | spaces | filters | before (s) | after (s) | speed-up "
+                  "| load average |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['model']}{_stale(r)} | {r['state']} | {r['spaces']} | {r['filters']:,} | "
-                  f"{r['before_s']:.2f} | {r['after_s']:.2f} | {r['speedup']:.1f}x |"
+                  f"{r['before_s']:.2f} | {r['after_s']:.2f} | {r['speedup']:.1f}x | {r['load']} |"
                   for r in results["clustering"]]
     if results.get("lines"):
         table = results["lines"]
