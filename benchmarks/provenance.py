@@ -60,8 +60,10 @@ MEASURES = {
                         "tfmot": ["benchmarks/tfmot_prox_worker.py", *_TFMOT]},
     "deployment": {"*": ["benchmarks/deployment.py", "benchmarks/data.py", *_EXPORT, *_GSM,
                          _PKG + "surgery/", _PKG + "cli.py"]},
-    # Every entry point: any change to the package may change a cell.
-    "architectures": {"*": ["benchmarks/architectures.py", _PKG]},
+    # Every entry point but ProxNAG's: the optimizers, callbacks, surgery and export they use.
+    "architectures": {"*": ["benchmarks/architectures.py", *_GSM, *_GMP, *_CSGD, *_AOFP,
+                            *_EXPORT, _PKG + "backend.py", _PKG + "callbacks/state.py",
+                            _PKG + "__init__.py"]},
 }
 
 
