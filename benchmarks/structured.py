@@ -211,4 +211,9 @@ def readme(results):
         lines += [""] + _readme_resnet(tables["csgd_resnet"])
     if "aofp_cnn" in tables:
         lines += [""] + _readme_vgg(tables["aofp_cnn"])
+    vit = why_csgd_vit(tables.get("csgd_vit", []))
+    if vit:
+        dense = _row(tables["csgd_vit"], "dense")
+        lines += ["", f"A small ViT on MNIST ({dense['conditions']}; LiteRT one thread, batch 1): "
+                  + vit[0]]
     return "\n".join(lines)
