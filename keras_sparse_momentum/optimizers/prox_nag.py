@@ -159,7 +159,7 @@ class ProxNAG(base.PruningSGD):
     def sync_iterates(self, var_list):
         """Restart `w~` at the current values of the prunable members of `var_list`."""
         for variable in self.prunable_trainables(var_list):
-            self.sparse_iterate(variable).assign(variable)
+            self.sparse_iterate(variable).assign(backend.fresh(variable))
 
     # -- support masks (used by the iterative pruning algorithm) -----------
 
@@ -198,7 +198,8 @@ class ProxNAG(base.PruningSGD):
             ops.subtract(variable, ops.multiply(lr, gradient)),
             ops.multiply(lr, ops.cast(self.l1, dtype)),
         )
-        iterate = ops.where(self._supports[index], iterate, ops.zeros_like(iterate))
+        support = ops.convert_to_tensor(self._supports[index])  # JAX: a Variable is no array
+        iterate = ops.where(support, iterate, ops.zeros_like(iterate))
         momentum = ops.cast(self.momentum, dtype)
         self.assign(
             variable,
@@ -226,7 +227,7 @@ class ProxNAG(base.PruningSGD):
                 value = ops.convert_to_tensor(variable)
                 variable.assign(ops.where(ops.not_equal(iterate, 0), value, ops.zeros_like(value)))
             else:
-                variable.assign(iterate)
+                variable.assign(backend.fresh(iterate))
 
     # -- config ---------------------------------------------------------------
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import keras_sparse_momentum as ksm
-from support import classification_data, compile_for_test, kernels, mlp, nonzeros
+from support import (classification_data, compile_for_test, kernels, mlp, nonzeros,
+                     tensorflow_only)
 
 EPOCHS, BATCH = 6, 32
 
@@ -131,6 +132,10 @@ def test_polynomial_prune_to_ratio_resumed_mid_ramp(tmp_path):
     assert resumed[1][0].kept == whole[1][0].kept
 
 
+@tensorflow_only("held masks are plain variables only there; on JAX they are optimizer "
+                 "variables, so load_model skips a mid-fit file's optimizer state with "
+                 "Keras's warning (callbacks/state.py); JAX resumes through BackupAndRestore "
+                 "(test_on_jax.py)")
 def test_polynomial_prune_to_ratio_continues_from_a_keras_file(tmp_path):
     """TensorFlow: the masks are not optimizer variables, so the file's optimizer state
     loads; a new PruneToRatio recomputes the held mask from the weights' exact zeros."""
