@@ -149,6 +149,23 @@ def test_polynomial_prune_to_ratio_continues_from_a_keras_file(tmp_path):
     assert loaded[1][0].kept == whole[1][0].kept
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX only: masks as optimizer variables")
+def test_on_jax_a_keras_file_with_held_masks_loads_the_weights_not_the_optimizer_state(tmp_path):
+    """What README's Backends section says: the weights load exactly, the optimizer's
+    state (with the masks among its variables) is skipped with Keras's warning."""
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    model = compile_for_test(mlp(), keras.optimizers.SGD(0.05, momentum=0.9))
+    prune = ksm.PruneToRatio(sparsity=0.9, schedule="polynomial", frequency=3)
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "mid.keras"))
+    with pytest.raises(_Interrupted):
+        model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
+                  callbacks=[prune, checkpoint, _Crash(2)])
+    with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
+        loaded = keras.saving.load_model(str(tmp_path / "mid.keras"))
+    assert max_difference(model, loaded) == 0.0
+
+
 def _functional_mlp():
     """`mlp()` as a functional model with named layers: a Sequential's variable paths
     carry the model's generated name, which `load_model` does not give back, and a
