@@ -58,6 +58,11 @@ MEASURES = {
                         "tfmot": ["benchmarks/tfmot_prox_worker.py", *_TFMOT]},
     "deployment": {"*": ["benchmarks/deployment.py", "benchmarks/data.py", *_EXPORT, *_GSM,
                          _PKG + "surgery/", _PKG + "cli.py"]},
+    "prune_default": {"*": ["benchmarks/prune_default.py", *_SHARED, *_GMP, _PKG + "optimizers/"],
+                      },
+    "jax_backend": {"*": ["benchmarks/jax_backend.py", "benchmarks/cost.py",
+                          "benchmarks/accuracy.py", *_SHARED, _PKG + "backend.py",
+                          _PKG + "optimizers/", *_CORE]},
 }
 
 

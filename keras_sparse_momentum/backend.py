@@ -63,19 +63,6 @@ def read(variable):
     return ops.convert_to_tensor(variable)  # a Keras variable, read in the stateless scope
 
 
-def fresh(value):
-    """`value` (a variable or tensor) as a tensor safe to assign into another variable.
-
-    JAX: `a.assign(b)` makes `a` hold `b`'s very array, and Keras's jitted train
-    step donates the buffer of every variable it updates, so the next step fails
-    with "Attempt to donate the same buffer twice"; a copy gives `a` its own.
-    TensorFlow copies on assignment.
-    """
-    if BACKEND == "jax":
-        return ops.copy(ops.convert_to_tensor(value))
-    return value
-
-
 def update_all(optimizer, grads, trainable_variables, learning_rate):
     """`optimizer._backend_update_step` with `transform_gradients` on global gradients.
 

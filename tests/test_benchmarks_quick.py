@@ -115,9 +115,10 @@ def test_cost_rows(quick):
         if optimizer != "sgd":
             assert 0.2 < row["ratio"] < 20 and row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
     memory = {r["optimizer"]: r["ratio"] for r in cost["memory"]}
-    # GSM and ProxNAG keep one slot per variable, as SGD does; masks add one per kernel weight.
+    # GSM keeps one slot per variable, as SGD does; ProxNAG's `w~` slot is SGD's, plus a
+    # boolean support per kernel weight (a quarter of a float32 one); masks add one per weight.
     assert memory["gsm_short"] == memory["gsm_paper"] == 1.0
-    assert memory["proxnag"] == pytest.approx(1.0, abs=1e-4)
+    assert 1.24 < memory["proxnag"] < 1.25
     assert 1.9 < memory["sgd + PruneToRatio masks"] < 2.0
     sizes = [r["params"] for r in cost["selection"]]
     assert sizes == sorted(sizes) and all(r["ms"] > 0 for r in cost["selection"])

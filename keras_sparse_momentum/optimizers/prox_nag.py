@@ -159,7 +159,9 @@ class ProxNAG(base.PruningSGD):
     def sync_iterates(self, var_list):
         """Restart `w~` at the current values of the prunable members of `var_list`."""
         for variable in self.prunable_trainables(var_list):
-            self.sparse_iterate(variable).assign(backend.fresh(variable))
+            # A copy: on JAX assigning a variable shares its buffer, and `fit`
+            # donates every state buffer once ("donate the same buffer twice").
+            self.sparse_iterate(variable).assign(ops.copy(variable))
 
     # -- support masks (used by the iterative pruning algorithm) -----------
 
@@ -198,8 +200,7 @@ class ProxNAG(base.PruningSGD):
             ops.subtract(variable, ops.multiply(lr, gradient)),
             ops.multiply(lr, ops.cast(self.l1, dtype)),
         )
-        support = ops.convert_to_tensor(self._supports[index])  # JAX: a Variable is no array
-        iterate = ops.where(support, iterate, ops.zeros_like(iterate))
+        iterate = ops.where(ops.convert_to_tensor(self._supports[index]), iterate, ops.zeros_like(iterate))
         momentum = ops.cast(self.momentum, dtype)
         self.assign(
             variable,
@@ -227,7 +228,7 @@ class ProxNAG(base.PruningSGD):
                 value = ops.convert_to_tensor(variable)
                 variable.assign(ops.where(ops.not_equal(iterate, 0), value, ops.zeros_like(value)))
             else:
-                variable.assign(backend.fresh(iterate))
+                variable.assign(ops.copy(iterate))  # not shared: see sync_iterates
 
     # -- config ---------------------------------------------------------------
 

@@ -192,6 +192,7 @@ def test_aofp_measures_a_heads_damage_at_the_output_kernel():
     _set(model.get_layer("mha").output_dense.kernel, 3)  # head 3 is never read
     x = _inputs(n=8, seed=7)
     aofp = ksm.AOFP(target_flops=0.5, probe_data=x, layers=["mha/heads"])
+    model.compile(optimizer="sgd", loss="mse")  # AOFP keeps its state with the optimizer
     aofp.set_model(model)
     aofp.on_train_begin()
     outputs = aofp._forward(x)
