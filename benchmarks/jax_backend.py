@@ -37,6 +37,7 @@ FULL = dict(rounds=3, timed_epochs=2, cost=dict(
     rounds=9, steps={"lenet5": 10, "resnet20": 2}))
 QUICK = dict(rounds=1, timed_epochs=1, train_limit=1024, cost=dict(
     rounds=2, steps={"lenet5": 3, "resnet20": 1}))
+TABLE_SEEDS = 3  # the accuracy table's seeds: range(3), benchmarks.run's --seeds default
 FIT_BACKENDS = (("tensorflow", False), ("tensorflow", True), ("jax", True))
 FIT_LABELS = {"tensorflow/False": "TensorFlow (XLA off, Keras's CPU default)",
               "tensorflow/True": "TensorFlow (jit_compile=True)",
@@ -146,6 +147,18 @@ def _stats(values):
     return float(values.mean()), std, float(values.min()), float(values.max())
 
 
+def _verdict(accuracy, seeds):
+    """JAX's mean against the TensorFlow row's mean ± its seed standard deviation."""
+    chosen = {b: [100 * r["test_acc"] for r in records if seeds is None or r["seed"] < seeds]
+              for b, records in accuracy.items()}
+    (jax_mean, *_), (tf_mean, tf_std, *_) = _stats(chosen["jax"]), _stats(chosen["tensorflow"])
+    inside = abs(jax_mean - tf_mean) <= tf_std
+    which = (f"seeds 0-{seeds - 1} (the accuracy table's)" if seeds is not None
+             else f"{len(chosen['jax'])} seeds")
+    return (f"{which}: {jax_mean - tf_mean:+.2f} points, {'inside' if inside else 'outside'} "
+            f"the TensorFlow row's seed spread (± {tf_std:.2f})")
+
+
 def render(results, out):
     lines = [
         "### Train-step time on JAX relative to Keras SGD on JAX (jit on, batch "
@@ -190,19 +203,18 @@ def render(results, out):
         "| backend | n | test acc % | [min, max] | sparsity % | train s |",
         "|---|---|---|---|---|---|",
     ]
-    summary = {}
     for backend, records in results["accuracy"].items():
         mean, std, lo, hi = _stats([100 * r["test_acc"] for r in records])
-        summary[backend] = (mean, std)
         sparsity = 100 * float(np.mean([r["sparsity"] for r in records]))
         seconds = float(np.mean([r["seconds"] for r in records]))
         lines.append(f"| {backend} | {len(records)} | {mean:.2f} ± {std:.2f} "
                      f"| [{lo:.2f}, {hi:.2f}] | {sparsity:.2f} | {seconds:.0f} |")
-    (jax_mean, _), (tf_mean, tf_std) = summary["jax"], summary["tensorflow"]
-    inside = abs(jax_mean - tf_mean) <= tf_std
-    lines += ["", f"JAX − TensorFlow: {jax_mean - tf_mean:+.2f} points, "
-                  f"{'inside' if inside else 'outside'} the TensorFlow row's seed spread "
-                  f"(± {tf_std:.2f})."]
+    verdicts = [_verdict(results["accuracy"], None)]
+    if any(r["seed"] >= TABLE_SEEDS for r in results["accuracy"]["jax"]):
+        verdicts.insert(0, _verdict(results["accuracy"], TABLE_SEEDS))
+    lines += ["", "JAX − TensorFlow: " + "; ".join(verdicts) + ". A seed fixes each "
+              "backend's own random streams (initial weights, shuffling), not the same draws, "
+              "so the rows are independent samples, compared through their spread."]
     for note in results.get("notes", []):
         lines += ["", f"Note: {note}"]
     return "\n".join(lines)

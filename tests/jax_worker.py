@@ -2,7 +2,8 @@
 
 `python tests/jax_worker.py PROCESS_ID PORT OUT_DIR` joins a two-process JAX
 cluster on 127.0.0.1:PORT (CPU collectives over gloo), trains each run of
-`METHODS` (GSM; ProxNAG, then PruneToRatio's final cut) under
+`METHODS` (GSM; ProxNAG, then PruneToRatio's final cut; SGD under
+PruneToRatio's polynomial schedule) under
 `keras.distribution.DataParallel` over both processes' devices with this
 process's shard of each global batch, and writes the final weights to
 OUT_DIR/<method>_<process>.npz. `fit_method` is also what the test runs in
@@ -19,7 +20,7 @@ if __name__ == "__main__":
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-METHODS = ("gsm", "prox_nag_end")
+METHODS = ("gsm", "prox_nag_end", "sgd_polynomial")
 PROCESSES = 2
 GLOBAL_BATCH = 32
 EPOCHS = 2
@@ -47,9 +48,12 @@ def fit_method(method, x, y, batch_size):
     callbacks = []
     if method == "gsm":
         optimizer = ksm.GSMMomentum(0.05, momentum=0.9, compression=8, nesterov=True)
-    else:  # ProxNAG writes its sparse iterate, then PruneToRatio cuts to exactly 80 %
+    elif method == "prox_nag_end":  # ProxNAG's sparse iterate, then the cut to exactly 80 %
         optimizer = ksm.ProxNAG(0.05, momentum=0.9, l1=0.03)
         callbacks = [ksm.PruneToRatio(sparsity=0.8, schedule="end")]
+    else:  # SGD with PruneToRatio's masks, held inside the step, raised every 2 steps
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        callbacks = [ksm.PruneToRatio(sparsity=0.8, schedule="polynomial", frequency=2)]
     keras.utils.set_random_seed(0)
     model = compile_for_test(mlp(), optimizer, jit_compile=True)
     model.fit(x, y, batch_size=batch_size, epochs=EPOCHS, shuffle=False, verbose=0,

@@ -126,8 +126,9 @@ def test_two_processes_end_identical_and_equal_to_one_process(tmp_path):
             if a.ndim >= 2:
                 np.testing.assert_array_equal(a != 0, b != 0, err_msg=method)
         count = sum(np.count_nonzero(a) for a in first if a.ndim >= 2)
-        # GSM: ceil(1376 / 8); ProxNAG then PruneToRatio: ceil(1376 * 0.2)
-        assert count == nonzeros(kernels(single)) == {"gsm": 172, "prox_nag_end": 276}[method]
+        # GSM: ceil(1376 / 8); PruneToRatio (after ProxNAG, or polynomial): ceil(1376 * 0.2)
+        assert count == nonzeros(kernels(single)) == {
+            "gsm": 172, "prox_nag_end": 276, "sgd_polynomial": 276}[method]
 
 
 # -- export ---------------------------------------------------------------------

@@ -1,16 +1,12 @@
 """The callbacks on the JAX backend, where `fit` jit-compiles a stateless train step.
 
-Run with `KERAS_BACKEND=jax python -m pytest tests/callbacks/test_on_jax.py`; under
-the default (TensorFlow) run, `test_this_file_passes_on_jax` runs it that way in a
-subprocess. The masks must reach the step as optimizer variables: a plain
-variable would be a constant of the compiled step and pruned weights would grow
-back, which the per-step checks below would see.
+Run with `KERAS_BACKEND=jax` (`.ci/run` runs tests/callbacks on both backends).
+The masks must reach the step as optimizer variables: a plain variable would be
+a constant of the compiled step and pruned weights would grow back, which the
+per-step checks below would see.
 """
 
 import math
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -21,33 +17,6 @@ from keras_sparse_momentum.surgery.strip import max_relative_error
 from support import classification_data, compile_for_test, kernels, mlp, nonzeros
 
 on_jax = pytest.mark.skipif(keras.backend.backend() != "jax", reason="needs KERAS_BACKEND=jax")
-
-
-def _refused_on_jax():
-    try:
-        ksm.ProxNAG(0.05)
-    except RuntimeError as error:
-        return str(error)
-    return None
-
-
-needs_prox_nag = pytest.mark.skipif(
-    keras.backend.backend() == "jax" and _refused_on_jax() is not None,
-    reason="ProxNAG refuses the JAX backend (base.check_backend) until the jax branch "
-    "lands; these tests then run as they are",
-)
-
-
-@pytest.mark.skipif(keras.backend.backend() == "jax", reason="this is the JAX run")
-def test_this_file_passes_on_jax():
-    pytest.importorskip("jax")
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
 
 
 def _optimizer(name):
@@ -171,11 +140,10 @@ def test_aofp_reaches_its_target_with_held_masks_and_strips_exactly():
         aofp.widths["conv0"], aofp.widths["conv1"]]
 
 
-# -- ProxNAG's support masks and the iterative rounds (after the jax branch) --------
+# -- ProxNAG's support masks and the iterative rounds ------------------------------
 
 
 @on_jax
-@needs_prox_nag
 def test_iterative_rounds_reach_the_exact_target_with_the_support_held():
     keras.utils.set_random_seed(0)
     model = compile_for_test(mlp(), ksm.ProxNAG(0.05, momentum=0.9, l1=1e-4), jit_compile=True)
@@ -191,7 +159,6 @@ def test_iterative_rounds_reach_the_exact_target_with_the_support_held():
 
 
 @on_jax
-@needs_prox_nag
 def test_held_support_is_read_by_the_compiled_step():
     keras.utils.set_random_seed(0)
     opt = ksm.ProxNAG(0.05, momentum=0.9, l1=0.0)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import keras_sparse_momentum as ksm
-from support import classification_data, compile_for_test, kernels, mlp, nonzeros
+from support import (classification_data, compile_for_test, kernels, mlp, nonzeros,
+                     tensorflow_only)
 
 EPOCHS, BATCH = 6, 32
 
@@ -131,6 +132,10 @@ def test_polynomial_prune_to_ratio_resumed_mid_ramp(tmp_path):
     assert resumed[1][0].kept == whole[1][0].kept
 
 
+@tensorflow_only("held masks are plain variables only there; on JAX they are optimizer "
+                 "variables, so load_model skips a mid-fit file's optimizer state with "
+                 "Keras's warning (callbacks/state.py); JAX resumes through BackupAndRestore "
+                 "(test_on_jax.py)")
 def test_polynomial_prune_to_ratio_continues_from_a_keras_file(tmp_path):
     """TensorFlow: the masks are not optimizer variables, so the file's optimizer state
     loads; a new PruneToRatio recomputes the held mask from the weights' exact zeros."""
@@ -142,6 +147,23 @@ def test_polynomial_prune_to_ratio_continues_from_a_keras_file(tmp_path):
     whole, loaded = checkpoint_and_continue(build, _data(), 2, tmp_path / "mid.keras")
     assert max_difference(whole[0], loaded[0]) == 0.0
     assert loaded[1][0].kept == whole[1][0].kept
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX only: masks as optimizer variables")
+def test_on_jax_a_keras_file_with_held_masks_loads_the_weights_not_the_optimizer_state(tmp_path):
+    """What README's Backends section says: the weights load exactly, the optimizer's
+    state (with the masks among its variables) is skipped with Keras's warning."""
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    model = compile_for_test(mlp(), keras.optimizers.SGD(0.05, momentum=0.9))
+    prune = ksm.PruneToRatio(sparsity=0.9, schedule="polynomial", frequency=3)
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "mid.keras"))
+    with pytest.raises(_Interrupted):
+        model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0,
+                  callbacks=[prune, checkpoint, _Crash(2)])
+    with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
+        loaded = keras.saving.load_model(str(tmp_path / "mid.keras"))
+    assert max_difference(model, loaded) == 0.0
 
 
 def _functional_mlp():

@@ -154,7 +154,7 @@ def test_mixed_precision_and_gradient_accumulation():
     assert nonzeros(kernels(model)) < sum(v.numpy().size for v in kernels(model))
 
 
-@tensorflow_only("tf.distribute.MirroredStrategy (JAX: test_jax.py's DataParallel tests)")
+@tensorflow_only("tf.distribute.MirroredStrategy (JAX: test_jax_backend.py's DataParallel tests)")
 @pytest.mark.parametrize("iterative", [False, True])
 def test_mirrored_strategy_on_two_cpus_equals_one_device(iterative):
     """Replicas see all-reduced gradients and agree bit for bit, with and without the rounds."""
