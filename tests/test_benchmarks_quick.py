@@ -126,7 +126,14 @@ def test_cost_rows(quick):
 
 def test_structured_rows_strip_exactly_and_ship_smaller_files(quick):
     tables = _json(quick, "structured")["tables"]
-    assert set(tables) == {"csgd_resnet", "aofp_cnn"}
+    assert set(tables) == {"csgd_resnet", "aofp_cnn", "csgd_vit"}
+    vit = {r["model"]: r for r in tables["csgd_vit"]}
+    assert set(vit) == {"dense", "csgd_stripped", "l1_finetuned"}
+    # Heads and FFN units at keep 0.5, C-SGD and L1 to the same widths; C-SGD's strip is exact.
+    assert vit["csgd_stripped"]["strip_max_rel_error"] < 1e-4
+    assert vit["csgd_stripped"]["macs"] < vit["dense"]["macs"]
+    assert vit["l1_finetuned"]["macs"] == vit["csgd_stripped"]["macs"]
+    assert vit["l1_finetuned"]["heads_ffn_units"] == vit["csgd_stripped"]["heads_ffn_units"]
     resnet = {r["model"]: r for r in tables["csgd_resnet"]}
     assert set(resnet) == {"dense", "csgd_stripped", "l1_finetuned", "aofp_stripped"}
     for name in ("csgd_stripped", "aofp_stripped"):
