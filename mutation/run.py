@@ -83,6 +83,7 @@ MODULES = {
     "schedules": ("keras_sparse_momentum/schedules.py", [
         "tests/optimizers/test_gsm_reference.py",
         _GSM + "test_for_budget_warms_up_over_the_dense_tenth_then_decays_to_zero",
+        _GSM + "test_warmup_ends_where_the_dense_tenth_ends_for_any_step_count",
         _PTR + "test_polynomial_follows_zhu_and_gupta",
         _PTR + "test_polynomial_schedule_holds_masks_after_every_step[False]",
     ]),

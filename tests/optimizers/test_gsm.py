@@ -138,6 +138,16 @@ def test_for_budget_warms_up_over_the_dense_tenth_then_decays_to_zero():
             learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5))
 
 
+
+def test_warmup_ends_where_the_dense_tenth_ends_for_any_step_count():
+    # 105 steps: the dense first tenth is 10 whole steps (ramp_begin_step), so the rate
+    # peaks at step 10 exactly, not at 10.5.
+    opt = ksm.GSMMomentum.for_budget(105, compression=10, learning_rate=0.2, momentum=0.9)
+    assert opt.ramp_begin_step == 10
+    assert float(opt._learning_rate(10)) == pytest.approx(0.2, abs=1e-7)
+    assert float(opt._learning_rate(5)) == pytest.approx(0.1, abs=1e-7)
+
+
 # -- exact compression --------------------------------------------------------
 
 
