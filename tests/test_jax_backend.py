@@ -19,7 +19,7 @@ import pytest
 
 import jax_worker
 import keras_sparse_momentum as ksm
-from support import classification_data, compile_for_test, kernels, mlp, nonzeros
+from support import Trajectory, classification_data, compile_for_test, kernels, mlp, nonzeros
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="JAX only: keras.distribution, jax.distributed"
@@ -27,19 +27,10 @@ pytestmark = pytest.mark.skipif(
 WORKER_TIMEOUT_S = 420
 
 
-class _Trajectory(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.steps = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps.append([keras.ops.convert_to_numpy(w) for w in self.model.weights])
-
-
 def _fit_gsm(distribution):
     x, y = classification_data()
     scope = distribution.scope() if distribution else contextlib.nullcontext()
-    trajectory = _Trajectory()
+    trajectory = Trajectory()
     with scope:
         keras.utils.set_random_seed(0)
         optimizer = ksm.GSMMomentum(0.05, momentum=0.9, compression=8, nesterov=True)
