@@ -43,13 +43,19 @@ def _slot_values(port):
 
 
 def _is_constant(y):
-    """Whether a (1, *positions, C) tensor is constant over positions, per channel."""
+    """Whether a (1, *positions, C) tensor is constant over positions, per channel.
+
+    The tolerance is relative to each channel's own magnitude, never absolute:
+    the constants a few training steps leave (a BatchNorm beta of 1e-7) are
+    tiny, and so is the border effect zero padding makes of them, which an
+    absolute floor would take for rounding noise and fold (a function change).
+    """
     y = np.asarray(y)
     if y.ndim <= 2:
         return True
     flat = y.reshape(-1, y.shape[-1])
     spread = flat.max(axis=0) - flat.min(axis=0)
-    return bool(np.all(spread <= _TOLERANCE * (1 + np.abs(flat).max(axis=0))))
+    return bool(np.all(spread <= _TOLERANCE * np.abs(flat).max(axis=0)))
 
 
 class _Analysis:
@@ -156,7 +162,7 @@ def _fold(channel_graph, values, space, folded):
             this, bad = _fold_tensor(layer, rule, values[id(tensor)], list(row_of))
             if bad:
                 culprits.update(row_of[r] for r in bad)
-            elif delta is not None and not np.allclose(delta, this, atol=_TOLERANCE):
+            elif delta is not None and not np.allclose(delta, this, rtol=_TOLERANCE, atol=0):
                 culprits.update(folded)  # a shared layer sees different constants
             else:
                 delta = this

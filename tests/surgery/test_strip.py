@@ -250,3 +250,28 @@ def test_an_input_no_kernel_reads_pins_its_producer():
     slim = ksm.strip(model)
     assert slim.get_layer("mask_maker").units == 4
     assert max_relative_error(model, slim, _probe((4, 6))) <= 1e-5
+
+
+@pytest.mark.parametrize("size, folds", [(3, False), (1, True)])
+def test_a_tiny_constant_meeting_zero_padding_is_kept_and_folds_where_no_padding(size, folds):
+    """A dead filter's channel after BatchNorm carries relu(beta), which two
+    training steps leave near 1e-7: a 'same' 3x3 convolution makes a border
+    effect of it (kept), a 1x1 one reads it as a constant (folded); either way
+    the function is unchanged in float64, where an exact strip leaves no error
+    (DenseNet121 after AOFP lost 1.9e-6 when an absolute tolerance took that
+    border effect for rounding noise)."""
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 1, use_bias=False, name="a", dtype="float64")(inputs)
+    x = keras.layers.BatchNormalization(name="bn", dtype="float64")(x)
+    x = keras.layers.ReLU(dtype="float64")(x)
+    x = keras.layers.Conv2D(5, size, padding="same", name="b", dtype="float64")(x)
+    model = keras.Model(inputs, x)
+    _randomize(model)
+    model.get_layer("bn").set_weights([np.ones(4), np.full(4, 3e-7), np.zeros(4), np.ones(4)])
+    _zero(model.get_layer("a").kernel, [1])
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").filters == (3 if folds else 4)
+    probe = np.random.default_rng(0).standard_normal((4, 6, 6, 3))
+    expected = keras.ops.convert_to_numpy(model(probe))
+    assert np.max(np.abs(keras.ops.convert_to_numpy(slim(probe)) - expected)) <= 1e-15 * np.max(
+        np.abs(expected))
