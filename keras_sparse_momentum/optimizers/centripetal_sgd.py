@@ -19,12 +19,20 @@ _UNCONVERGED = 0.05
 _AIM = 0.01
 
 
-def _along(x, matrix, axis):
-    """x with `matrix` applied to its `axis` (x @ M on the last axis)."""
-    if axis in (-1, len(x.shape) - 1):
-        return ops.matmul(x, matrix)
-    moved = ops.moveaxis(x, axis, -1)
-    return ops.moveaxis(ops.matmul(moved, matrix), -1, axis)
+def _cluster_mean(x, axis, ids, sizes):
+    """x with every slice along `axis` replaced by the mean of its cluster's slices.
+
+    `ids` gives each slice's cluster, `sizes` each cluster's size (numpy
+    constants). A segment sum and a gather: O(size of x), where the product
+    with the (C, C) merge matrix costs O(C) per entry and embeds C^2 constants
+    per variable in the traced step (ConvNeXt-Tiny's 3,072-unit FFNs: 38 MB
+    each, gigabytes in all).
+    """
+    moved = ops.moveaxis(x, axis, 0)
+    sums = ops.segment_sum(moved, ids, num_segments=len(sizes))
+    scale = (1.0 / sizes).reshape((-1,) + (1,) * (len(moved.shape) - 1))
+    means = ops.multiply(sums, ops.cast(scale, x.dtype))
+    return ops.moveaxis(ops.take(means, ids, axis=0), 0, axis)
 
 
 @keras.saving.register_keras_serializable(package="keras_sparse_momentum")
@@ -49,8 +57,9 @@ class CentripetalSGD(base.PruningSGD):
     the per-channel parameters of the following layers (BatchNorm gamma/beta,
     PReLU alpha) get the same merge with `0.1 * centripetal_strength` and no
     decay; DepthwiseConv kernels in a clustered space get the full strength.
-    The merge is one (C, C) matrix product per variable (`g @ M` with
-    `M[i, j] = 1/|H|` for `i, j` in the same cluster), XLA-compatible.
+    The merge is a segment mean per variable along its channel axis (a
+    segment sum over the cluster ids, then a gather), linear in the
+    variable's size and XLA-compatible.
 
     At the end of `fit` (`finalize_variable_values`, after any EMA swap) every
     cluster is made exactly identical: kernels, biases, BatchNorm gamma/beta
@@ -133,8 +142,8 @@ class CentripetalSGD(base.PruningSGD):
                 continue
             width = variable.shape[merge.axis]
             strength = self.centripetal_strength * (1.0 if merge.kind == KERNEL else 0.1)
-            matrix = merge.merge_matrix(width).astype(np.float32)
-            self._merges.append((merge.axis, matrix, strength))
+            ids, sizes = merge.segments(width)
+            self._merges.append((merge.axis, ids, sizes.astype(np.float32), strength))
 
     def transform_gradients(self, grads, variables):
         """g -> cluster-mean(g) + eps * (w - cluster-mean(w)) on every planned variable."""
@@ -143,14 +152,14 @@ class CentripetalSGD(base.PruningSGD):
             entry = self._merges[self._get_variable_index(variable)]
             if entry is None or grads[i] is None:
                 continue
-            axis, matrix, strength = entry
+            axis, ids, sizes, strength = entry
             dtype = variable.dtype
-            matrix = ops.cast(matrix, dtype)
             gradient = ops.cast(backend.dense_gradient(grads[i]), dtype)
             weights = backend.read(variable)
             pulled = ops.multiply(weights, ops.cast(strength, dtype))
-            # M g + eps (w - M w) == M (g - eps w) + eps w: one product with M, not two.
-            grads[i] = ops.add(_along(ops.subtract(gradient, pulled), matrix, axis), pulled)
+            # mean(g) + eps (w - mean(w)) == mean(g - eps w) + eps w: one cluster mean, not two.
+            grads[i] = ops.add(
+                _cluster_mean(ops.subtract(gradient, pulled), axis, ids, sizes), pulled)
         return grads
 
     def finalize_variable_values(self, var_list):

@@ -63,12 +63,15 @@ class VariableMerge:
     kind: str
     clusters: list
 
-    def merge_matrix(self, width):
-        """(width, width) M with x @ M = each channel replaced by its cluster mean."""
-        matrix = np.eye(width)
-        for cluster in self.clusters:
-            matrix[np.ix_(cluster, cluster)] = 1.0 / len(cluster)
-        return matrix
+    def segments(self, width):
+        """(ids, sizes): each channel's cluster index (a channel in no cluster is
+        its own) and each cluster's size, for a segment mean over `axis`."""
+        ids = np.full(width, -1, np.int32)
+        for index, cluster in enumerate(self.clusters):
+            ids[cluster] = index
+        alone = np.flatnonzero(ids < 0)
+        ids[alone] = len(self.clusters) + np.arange(len(alone))
+        return ids, np.bincount(ids, minlength=len(self.clusters) + len(alone))
 
     def equalize(self, value):
         """`value` with the slices of every cluster replaced by their mean (bitwise equal)."""
