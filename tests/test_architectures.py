@@ -51,18 +51,43 @@ def test_entry_point_holds_or_refuses_naming_the_layer(arch, entry):
         assert cell.numbers["gsm_dead_filters"] > 0
 
 
+def _nudged(model):
+    """The float64 copy of `model` with one bias moved by 1e-3 (a strip that changed it)."""
+    changed = arch_bench.float64_copy(model)
+    changed.get_layer("logits").bias.assign([1e-3] + [0.0] * 9)
+    return changed
+
+
 def test_the_float64_recheck_does_not_pass_a_changed_function():
-    """A strip whose float32 error exceeds the tolerance is judged in float64: an exact one
-    agrees there, a changed one (one weight moved by 1e-3) still fails."""
+    """A strip whose float32 error exceeds the tolerance is judged on the float64 copy: the
+    same strip made there must agree exactly and keep the same shapes, and the float32 error
+    must stay within the source's own float32 rounding; here the float32 error fails it."""
     arch = arch_bench.Architecture("Conv1D + BN")
     wide = arch_bench.float64_copy(arch.model)
     assert wide.inputs[0].dtype == "float64"
     assert {l.compute_dtype for l in wide.layers[1:]} == {"float64"}
-    error, ok, numbers = arch_bench._strip_check(arch, arch.model, arch.model)
+    exact = lambda model: model  # noqa: E731 - a strip that changes nothing
+    error, ok, numbers = arch_bench._strip_check(arch, arch.model, arch.model, exact)
     assert (error, ok, numbers) == (0.0, True, {})
-    changed = arch_bench.float64_copy(arch.model)  # a float64 model: the float32 error is 0
-    changed.get_layer("logits").bias.assign([1e-3] + [0.0] * 9)
-    error, ok, numbers = arch_bench._strip_check(arch, arch.model, changed)
-    assert not ok and error > arch_bench.TOLERANCE
-    assert numbers["float64_relative_error"] > arch_bench.FLOAT64_TOLERANCE
+
+    changed = _nudged(arch.model)  # a float64 model: its float32 error is 0
+    error, ok, numbers = arch_bench._strip_check(arch, arch.model, changed, exact)
+    assert not ok and error > arch_bench.TOLERANCE  # above the source's float32 noise
+    assert numbers["float64_relative_error"] == 0.0
     assert numbers["float32_noise_of_reference"] < 1e-6
+
+
+def test_the_float64_recheck_wants_an_exact_strip_with_the_same_shapes(monkeypatch):
+    """With the float32 error inside the source's noise, a float64 strip that changes the
+    function, or keeps other weights than the float32 one, fails the recheck."""
+    arch = arch_bench.Architecture("Conv1D + BN")
+    monkeypatch.setattr(arch_bench, "TOLERANCE", -1.0)  # every check goes to float64
+
+    def with_one_more_weight(model):
+        model.add_weight(shape=(1,), initializer="zeros", trainable=False, name="extra")
+        return model
+
+    assert arch_bench._strip_check(arch, arch.model, arch.model, lambda m: m)[1]
+    assert not arch_bench._strip_check(arch, arch.model, arch.model, with_one_more_weight)[1]
+    error, ok, numbers = arch_bench._strip_check(arch, arch.model, arch.model, _nudged)
+    assert not ok and numbers["float64_relative_error"] > arch_bench.FLOAT64_TOLERANCE
