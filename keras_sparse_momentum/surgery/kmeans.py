@@ -9,7 +9,12 @@
   start (`kmeans_plusplus` with one candidate per centre, Arthur &
   Vassilvitskii's rule; scikit-learn's default greedy start tries 2 + ln k
   candidates per centre, which is most of the time when k is half the
-  filters), then `KMeans`'s Lloyd iterations. Its OpenMP threads add their
+  filters), then `KMeans`'s Lloyd iterations on the full rows. The start is
+  the one step that is not a matrix product (one pass over all points per
+  centre, k = half the filters), so rows longer than `SEED_DIMENSIONS` are
+  seeded on a Gaussian random projection to that many dimensions (seeded
+  by `seed`; it keeps distances within a Johnson-Lindenstrauss factor, and
+  the chosen rows are then refined by Lloyd in the full space). Its OpenMP threads add their
   partial sums in whatever order they finish, so it runs on one thread (and
   BLAS too, whose idle threads spin on a busy machine): the clusters are then
   a pure function of (points, k, seed).
@@ -25,6 +30,8 @@ import heapq
 import warnings
 
 import numpy as np
+
+SEED_DIMENSIONS = 256
 
 
 def kmeans(points, k, seed=0, max_iterations=100):
@@ -72,6 +79,16 @@ def _split_largest(groups, k):
     return sorted([g for _, _, g in heap] + singles, key=lambda c: c[0])
 
 
+def _projected(points, seed):
+    """`points` on a seeded Gaussian projection to SEED_DIMENSIONS, if they have more."""
+    d = points.shape[1]
+    if d <= SEED_DIMENSIONS:
+        return points
+    rng = np.random.default_rng(seed)
+    projection = rng.standard_normal((d, SEED_DIMENSIONS)) / np.sqrt(SEED_DIMENSIONS)
+    return points.astype(np.float64) @ projection  # float64: scikit-learn upcasts float32 in chunks
+
+
 def _sklearn_labels(points, weights, k, seed, max_iterations):
     """scikit-learn KMeans labels of >= k distinct weighted points, every cluster used."""
     from sklearn.cluster import KMeans, kmeans_plusplus
@@ -80,8 +97,9 @@ def _sklearn_labels(points, weights, k, seed, max_iterations):
 
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iterations reached
-        start, _ = kmeans_plusplus(points, k, sample_weight=weights, random_state=seed,
-                                   n_local_trials=1)
+        _, chosen = kmeans_plusplus(_projected(points, seed), k, sample_weight=weights,
+                                    random_state=seed, n_local_trials=1)
+        start = points[chosen]
         estimator = KMeans(k, init=start, n_init=1, max_iter=max_iterations, algorithm="lloyd")
         labels = estimator.fit(points, sample_weight=weights).labels_.astype(np.int64)
     # scikit-learn relocates empty clusters during the fit; this keeps `exactly k`

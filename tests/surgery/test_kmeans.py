@@ -93,3 +93,30 @@ def test_separated_clusters_are_found_whatever_the_seed():
 def test_k_outside_one_to_n_is_a_value_error(k):
     with pytest.raises(ValueError, match=r"1 <= k <= 10"):
         kmeans(np.zeros((10, 2)), k)
+
+
+def test_long_rows_are_seeded_on_a_projection_and_still_found(monkeypatch):
+    """Rows longer than SEED_DIMENSIONS (ResNet50's 2,048 tied filters are 2,560 long) are
+    seeded on a seeded random projection: the planted clusters are found for any seed, the
+    result is deterministic, and the k-means++ start really saw the short rows."""
+    from keras_sparse_momentum.surgery import kmeans as kmeans_lib
+
+    rng = np.random.default_rng(7)
+    d = kmeans_lib.SEED_DIMENSIONS + 300
+    centres = rng.standard_normal((8, d)) * 5
+    labels = rng.permutation(np.arange(80) % 8)
+    points = (centres[labels] + 0.1 * rng.standard_normal((80, d))).astype("float32")
+    expected = sorted(np.flatnonzero(labels == c).tolist() for c in range(8))
+    seen = []
+    original = sklearn.cluster.kmeans_plusplus
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.shape[1])
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(sklearn.cluster, "kmeans_plusplus", spy)
+    for seed in range(3):
+        assert kmeans(points, 8, seed=seed) == expected
+    assert kmeans(points, 40, seed=1) == kmeans(points.copy(), 40, seed=1)
+    assert seen and set(seen) == {kmeans_lib.SEED_DIMENSIONS}
+    assert kmeans(points[:, :40], 8) == expected and seen[-1] == 40  # short rows: as they are
