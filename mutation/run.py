@@ -88,6 +88,7 @@ MODULES = {
         _PTR + "test_polynomial_schedule_holds_masks_after_every_step[False]",
     ]),
     "base": ("keras_sparse_momentum/optimizers/base.py", [
+        "tests/optimizers/test_base.py",
         "tests/optimizers/test_gsm_reference.py",
         _GSM + "test_compression_one_is_keras_momentum_sgd[False-False]",
         _GSM + "test_compression_one_is_keras_momentum_sgd[False-True]",
@@ -166,10 +167,14 @@ def _workdir(name, path, tests, root):
     for folder in ("keras_sparse_momentum", "tests"):
         shutil.copytree(REPO / folder, work / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _write_pyproject(work, path, tests)
+    return work
+
+
+def _write_pyproject(work, path, tests):
     pyproject = (REPO / "pyproject.toml").read_text()
     pyproject = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject)
     (work / "pyproject.toml").write_text(pyproject + _mutmut_section(path, tests))
-    return work
 
 
 def _function(mutant):
@@ -205,6 +210,8 @@ def run_module(name, max_children, root, recheck=False, max_minutes=None):
         shutil.rmtree(work / "tests")
         shutil.copytree(REPO / "tests", work / "tests",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # The selection in MODULES may have grown with the new tests: mutmut reads it from here.
+        _write_pyproject(work, path, tests)
     else:
         work = _workdir(name, path, tests, root)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
