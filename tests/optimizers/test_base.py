@@ -6,6 +6,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from keras_sparse_momentum.optimizers import base
 
@@ -175,14 +176,25 @@ def test_config_without_prunable_stores_none():
     assert base.PruningSGD.from_config(config).prunable is None
 
 
-def test_config_round_trip_of_a_user_prunable_needs_and_uses_custom_objects():
-    opt = base.PruningSGD(0.05, weight_decay=1e-4, prunable=_rule)
+def test_config_round_trip_of_user_objects_needs_and_uses_custom_objects():
+    class Halving(keras.optimizers.schedules.LearningRateSchedule):  # unregistered, local
+        def __call__(self, step):
+            return 0.1 * 0.5 ** ops.floor(step / 10)
+
+        def get_config(self):
+            return {}
+
+    opt = base.PruningSGD(Halving(), weight_decay=1e-4, prunable=_rule)
     config = opt.get_config()
     assert isinstance(config["prunable"], dict) and config["prunable"]["config"] == "_rule"
     kept = copy.deepcopy(config)
-    clone = base.PruningSGD.from_config(config, custom_objects={"_rule": _rule})
+    custom = {"_rule": _rule, "Halving": Halving}
+    clone = base.PruningSGD.from_config(config, custom_objects=custom)
     assert clone.prunable is _rule and clone._is_prunable is _rule
+    assert isinstance(clone._learning_rate, Halving)
     assert clone.get_config() == config
     assert config == kept  # the caller's config is not mutated
     with pytest.raises(TypeError, match="Could not locate function '_rule'"):
-        base.PruningSGD.from_config(config)
+        base.PruningSGD.from_config(config, custom_objects={"Halving": Halving})
+    with pytest.raises(TypeError, match="Could not locate class 'Halving'"):
+        base.PruningSGD.from_config(config, custom_objects={"_rule": _rule})
