@@ -299,6 +299,26 @@ def test_finalize_logs_the_distance_and_warns_only_above_the_threshold(monkeypat
     assert warning.filename == __file__  # points at the caller of finalize
 
 
+@pytest.mark.filterwarnings("ignore:.*not converged")
+def test_finalize_merges_the_ema_weights_it_swaps_in():
+    model = architectures.mlp()
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5, method="even")
+    variables = model.trainable_variables
+    opt = ksm.CentripetalSGD(plan, 0.1, centripetal_strength=0.0, use_ema=True, ema_momentum=0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        opt.apply([rng.standard_normal(v.shape).astype("float32") for v in variables], variables)
+    averages = [keras.ops.convert_to_numpy(a) for a in opt._model_variables_moving_average]
+    merges = {m.path: m for m in plan.merges}
+    expected = [merges[v.path].equalize(a) if v.path in merges else a
+                for v, a in zip(variables, averages)]
+    assert any(not np.array_equal(keras.ops.convert_to_numpy(v), a)
+               for v, a in zip(variables, averages))
+    opt.finalize_variable_values(variables)
+    for variable, value in zip(variables, expected):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
+
+
 def test_unbound_plan_warns_only_when_it_has_moving_statistics():
     cnn = architectures.cnn_flatten()
     unbound = ksm.ClusterPlan.from_dict(ksm.ClusterPlan.from_model(cnn, 0.5, method="even")
