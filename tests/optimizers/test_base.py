@@ -83,6 +83,13 @@ def test_constructor_errors_name_the_class_constructed():
         "Sub: `weight_decay` must be a finite number >= 0. Received: weight_decay=-1")
 
 
+def test_defaults_are_momentum_sgd_without_decay():
+    config = base.PruningSGD().get_config()
+    assert config["learning_rate"] == pytest.approx(0.01, rel=1e-7)  # a float32 variable
+    assert (config["momentum"], config["nesterov"], config["prunable"]) == (0.9, False, None)
+    assert base.PruningSGD().weight_decay == 0.0
+
+
 def test_constructor_normalises_what_keras_would_refuse_or_store_raw():
     opt = base.PruningSGD(learning_rate=1, momentum=0, nesterov=1, weight_decay=None, name="mine")
     config = opt.get_config()
