@@ -9,6 +9,7 @@ import pytest
 from keras import ops
 
 from keras_sparse_momentum.optimizers import base
+from support import tensorflow_only
 
 
 class Sub(base.PruningSGD):
@@ -141,6 +142,7 @@ def test_nothing_to_prune_names_the_count_and_the_first_eight_variables():
         "`prunable=callable` or use a plain Keras optimizer.")
 
 
+@tensorflow_only("float64 variables (JAX runs without jax_enable_x64: Keras makes them float32)")
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_coupled_decay_in_float64_matches_numpy_exactly(nesterov):
     """g + wd * w on rank >= 2 variables not excluded, in the variable's dtype (float64 here).

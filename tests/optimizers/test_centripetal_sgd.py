@@ -13,6 +13,7 @@ import architectures
 import keras_sparse_momentum as ksm
 from keras_sparse_momentum.optimizers import centripetal_sgd
 from keras_sparse_momentum.surgery.strip import max_relative_error
+from support import tensorflow_only
 
 
 def _small_model(dtype="float32"):
@@ -66,6 +67,7 @@ def test_steps_match_the_numpy_reference(nesterov):
                                    rtol=1e-5, atol=1e-6)
 
 
+@tensorflow_only("float64 variables (JAX runs without jax_enable_x64: Keras makes them float32)")
 def test_float64_steps_match_the_numpy_reference_in_float64():
     """Gradients, weights and cluster means stay in the variable's dtype. The hyperparameters
     are float32 numbers, as in Keras's SGD (a float32 learning-rate variable; `ops.cast` of a
