@@ -374,6 +374,8 @@ def _suggestion(learning_rate, steps, distance, strength=3e-3):
 @pytest.mark.parametrize("learning_rate, steps, distance, strength, needed", [
     # eps + log(d / 0.01) / (T * mean lr / (1 - momentum))
     (0.05, 1200, 0.4, 3e-3, 3e-3 + math.log(40) / (1200 * 0.05 / 0.1)),
+    # a reach below 1 (a short, slow run) still gets a strength, only 0 does not
+    (0.001, 50, 0.4, 3e-3, 3e-3 + math.log(40) / (50 * 0.001 / 0.1)),
     # 64 samples of the schedule (not 65): mean 1/64, and e = d / 0.01 makes the log 1.
     (_Spike(), 100, 0.01 * math.e, 0.0, 0.064),
     # samples at steps 0, 1, 2 of 3 (not up to 3 or 1): mean 1.
