@@ -115,6 +115,7 @@ MODULES = {
     ]),
     "centripetal_sgd": ("keras_sparse_momentum/optimizers/centripetal_sgd.py", [
         _CSGD + "test_steps_match_the_numpy_reference",
+        _CSGD + "test_variables_after_an_unplanned_one_are_merged_too",
         _CSGD + "test_float64_steps_match_the_numpy_reference_in_float64",
         _CSGD + "test_zero_strength_and_singletons_are_keras_nesterov_sgd_with_coupled_decay",
         _CSGD + "test_cluster_differences_decay_geometrically_whatever_the_data",

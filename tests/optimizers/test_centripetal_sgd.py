@@ -67,6 +67,25 @@ def test_steps_match_the_numpy_reference(nesterov):
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_variables_after_an_unplanned_one_are_merged_too():
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(4, name="d0")(inputs)  # not in the plan, and first
+    x = keras.layers.Dense(4, name="d1")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d2")(x))
+    plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5, method="even", layers=["d1"])
+    variables = model.trainable_variables  # d0 kernel, bias; d1 kernel, bias; d2 kernel, bias
+    kinds = [None, None, "kernel", "vector", None, None]
+    rng = np.random.default_rng(0)
+    start = [keras.ops.convert_to_numpy(v) for v in variables]
+    steps = [[rng.standard_normal(v.shape).astype("float32") for v in variables]]
+    opt = ksm.CentripetalSGD(plan, 0.1, weight_decay=0.01, centripetal_strength=0.2)
+    opt.apply(steps[0], variables)
+    expected = _numpy_csgd(start, kinds, steps, 0.1, 0.9, 0.01, 0.2)
+    for variable, reference in zip(variables, expected):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), reference,
+                                   rtol=1e-5, atol=1e-6)
+
+
 @tensorflow_only("float64 variables (JAX runs without jax_enable_x64: Keras makes them float32)")
 def test_float64_steps_match_the_numpy_reference_in_float64():
     """Gradients, weights and cluster means stay in the variable's dtype. The hyperparameters
