@@ -240,7 +240,16 @@ def run_module(name, max_children, root, recheck=False, max_minutes=None):
     if code != 0 or not meta.exists():
         raise SystemExit(f"mutmut failed for {name} (exit {code}): see {work / 'mutmut.log'}")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
+    total = len(codes)
     counts = {column: 0 for column in COLUMNS}
+    if recheck:
+        # Only the rechecked survivors have new statuses; mutmut may have reset the others
+        # (it does when the selection changed), so they keep their stored ones.
+        rechecked = set(survivors)
+        codes = {k: v for k, v in codes.items() if k in rechecked}
+        counts.update(stored[name]["counts"])
+        counts["survived"] -= len(rechecked)
+        total = stored[name]["total"]
     survivors = []
     for mutant, code in sorted(codes.items(), key=lambda kv: _mutant_order(kv[0])):
         status = STATUS.get(code, "suspicious")
@@ -265,7 +274,7 @@ def run_module(name, max_children, root, recheck=False, max_minutes=None):
         "minutes": minutes,
         "tool": f"mutmut {metadata.version('mutmut')}" + (", survivors rechecked" if recheck else ""),
         "counts": {k: v for k, v in counts.items() if v or k in ("killed", "survived", "timeout")},
-        "total": len(codes),
+        "total": total,
         "survivors": survivors,
     }
 
