@@ -132,7 +132,9 @@ MODULES = {
     "prune_to_ratio": ("keras_sparse_momentum/callbacks/prune_to_ratio.py",
                        ["tests/callbacks/test_prune_to_ratio.py"]),
     "dead_units": ("keras_sparse_momentum/surgery/dead_units.py",
-                   ["tests/surgery/test_strip.py", "tests/surgery/test_strip_plan.py"]),
+                   ["tests/surgery/test_strip.py", "tests/surgery/test_strip_plan.py",
+                    "tests/surgery/test_attention.py::test_dead_heads_and_ffn_units_are_removed_exactly",
+                    "tests/surgery/test_attention.py::test_uniform_attention_heads_are_kept"]),
 }
 
 # mutmut 3 exit codes (mutmut/stats.py), grouped as reported here.

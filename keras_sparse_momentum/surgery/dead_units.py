@@ -103,8 +103,15 @@ def _run(node, values):
     return [keras.ops.convert_to_numpy(y) for y in keras.tree.flatten(node.operation(*args, **kwargs))]
 
 
+def _float_dtype(tensor):
+    """The dtype constants of `tensor` are computed in: float64 for a float64
+    tensor (a float32 fold of a float64 model is off by float32 rounding, and a
+    convolution refuses to mix the two), float32 for every other float."""
+    return "float64" if str(tensor.dtype) == "float64" else "float32"
+
+
 def _filler(tensor, value=0):
-    dtype = "float32" if "float" in str(tensor.dtype) else str(tensor.dtype)
+    dtype = _float_dtype(tensor) if "float" in str(tensor.dtype) else str(tensor.dtype)
     return np.full((1, *tensor.shape[1:]), value if "float" in dtype else 1, dtype)
 
 
@@ -122,7 +129,7 @@ def _patterns(channel_graph, analysis):
             values[id(outs[0])] = _run(node, values)[0]
             continue
         for t in outs:
-            values[id(t)] = np.zeros((1, *t.shape[1:]), "float32")
+            values[id(t)] = np.zeros((1, *t.shape[1:]), _float_dtype(t))
         if role == graph_lib.PRODUCER:
             folded = sorted(analysis.folded_dead(channel_graph.space_of(outs[0])))
             if folded:

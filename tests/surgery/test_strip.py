@@ -275,3 +275,83 @@ def test_a_tiny_constant_meeting_zero_padding_is_kept_and_folds_where_no_padding
     expected = keras.ops.convert_to_numpy(model(probe))
     assert np.max(np.abs(keras.ops.convert_to_numpy(slim(probe)) - expected)) <= 1e-15 * np.max(
         np.abs(expected))
+
+
+def _exact_in_float64(model, slim, shape):
+    probe = np.random.default_rng(0).standard_normal((4, *shape))
+    expected = keras.ops.convert_to_numpy(model(probe))
+    error = np.max(np.abs(keras.ops.convert_to_numpy(slim(probe)) - expected))
+    assert error <= 1e-15 * np.max(np.abs(expected))
+
+
+@pytest.mark.parametrize("size, folds", [(3, False), (1, True)])
+def test_a_reader_output_that_ignores_the_dead_channel_does_not_decide_the_fold(size, folds):
+    """The reader's output 0 takes nothing from the dead channel (its kernel slice
+    is zero, as pruning leaves it): an exactly zero response is constant, and
+    constant by itself it does not excuse the border effect on the other outputs."""
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 1, activation="relu", name="a", dtype="float64")(inputs)
+    x = keras.layers.Conv2D(5, size, padding="same", name="b", dtype="float64")(x)
+    model = keras.Model(inputs, x)
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [1])
+    model.get_layer("a").bias.assign([0.1, 0.5, -0.2, 0.3])  # channel 1 carries relu(0.5)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("b").kernel).copy()
+    kernel[:, :, 1, 0] = 0.0
+    model.get_layer("b").kernel.assign(kernel)
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").filters == (3 if folds else 4)
+    _exact_in_float64(model, slim, (6, 6, 3))
+
+
+def test_zero_padding_of_a_sequence_is_a_border_effect_too():
+    """(1, steps, channels) responses are judged over their steps, as images are."""
+    inputs = keras.Input((8, 3))
+    x = keras.layers.Conv1D(4, 1, activation="relu", name="a", dtype="float64")(inputs)
+    x = keras.layers.Conv1D(5, 3, padding="same", name="b", dtype="float64")(x)
+    model = keras.Model(inputs, x)
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [1])
+    model.get_layer("a").bias.assign([0.1, 0.5, -0.2, 0.3])
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").filters == 4
+    _exact_in_float64(model, slim, (8, 3))
+
+
+def test_a_reader_that_cannot_fold_a_bias_keeps_the_dead_channel():
+    inputs = keras.Input((8, 3))
+    x = keras.layers.Conv1D(4, 1, activation="relu", name="a", dtype="float64")(inputs)
+    x = keras.layers.Conv1D(2, 3, padding="causal", name="b", dtype="float64")(x)
+    model = keras.Model(inputs, x)
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [1, 2])
+    model.get_layer("a").bias.assign([0.1, 0.5, 0.4, 0.3])
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").filters == 4
+    _exact_in_float64(model, slim, (8, 3))
+
+
+def test_a_layer_with_every_channel_dead_keeps_one():
+    model = support.mlp(inputs=4, hidden=(3,), outputs=2)
+    _randomize(model)
+    first = model.layers[0]
+    _zero(first.kernel, [0, 1, 2])  # every unit outputs relu(bias)
+    slim = ksm.strip(model)
+    assert [l.units for l in slim.layers] == [1, 2]
+    assert max_relative_error(model, slim, _probe((4,))) <= 1e-6
+
+
+def test_a_float64_model_folds_in_float64():
+    """The constants are computed in the model's float64: a Dense fold is exact
+    (it was off by float32 rounding, 3.7e-9), and a convolution reading a dead
+    convolution directly no longer fails on mixed float32 and float64."""
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(4, activation="relu", name="a", dtype="float64")(inputs)
+    x = keras.layers.Dense(3, name="b", dtype="float64")(x)
+    model = keras.Model(inputs, x)
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [1])
+    model.get_layer("a").bias.assign([0.1, 0.1234567891234, 0.2, 0.3])
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").units == 3
+    _exact_in_float64(model, slim, (5,))
