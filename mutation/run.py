@@ -117,8 +117,11 @@ MODULES = {
         _PROX + "test_callable_l1_is_read_at_every_step",
         _PROX + "test_float64_variables_step_in_float64",
         _PROX + "test_zero_momentum_keeps_no_momentum_slot_and_is_the_proximal_gradient",
-        _PROX + "test_optimizer_state_is_named_like_keras_slots_and_not_trainable",
-        _PROX + "test_from_config_passes_custom_objects_to_the_l1_schedule",
+        _PROX + "test_optimizer_state_is_named_and_laid_out_like_keras_slots_and_not_trainable",
+        _PROX + "test_from_config_passes_custom_objects_to_both_schedules",
+        _PROX + "test_ema_follows_the_sparse_iterate_step_by_step",
+        _PROX + "test_weight_decay_is_the_coupled_l2_of_an_elastic_net_on_kernels",
+        _PROX + "test_defaults_are_the_documented_ones",
     ]),
     "centripetal_sgd": ("keras_sparse_momentum/optimizers/centripetal_sgd.py", [
         _CSGD + "test_steps_match_the_numpy_reference",
@@ -168,6 +171,12 @@ def _mutmut_section(path, tests):
     ])
 
 
+def _write_pyproject(work, path, tests):
+    pyproject = (REPO / "pyproject.toml").read_text()
+    pyproject = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject)
+    (work / "pyproject.toml").write_text(pyproject + _mutmut_section(path, tests))
+
+
 def _workdir(name, path, tests, root):
     work = root / name
     if work.exists():
@@ -176,9 +185,7 @@ def _workdir(name, path, tests, root):
     for folder in ("keras_sparse_momentum", "tests"):
         shutil.copytree(REPO / folder, work / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    pyproject = (REPO / "pyproject.toml").read_text()
-    pyproject = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject)
-    (work / "pyproject.toml").write_text(pyproject + _mutmut_section(path, tests))
+    _write_pyproject(work, path, tests)
     return work
 
 
@@ -199,8 +206,9 @@ def _changed_lines(diff):
 def run_module(name, max_children, root, recheck=False, max_minutes=None):
     """mutmut on one module; with `recheck`, only its stored survivors, in the kept workdir.
 
-    `recheck` is for after adding tests: the tests are copied in again and mutmut
-    reruns just the survivors (it collects stats for the new tests first).
+    `recheck` is for after adding tests: the tests and the module's selection
+    are copied in again and mutmut reruns just the survivors (it collects stats
+    for the new tests first).
     """
     path, tests = MODULES[name]
     work = root / name
@@ -215,6 +223,7 @@ def run_module(name, max_children, root, recheck=False, max_minutes=None):
         shutil.rmtree(work / "tests")
         shutil.copytree(REPO / "tests", work / "tests",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _write_pyproject(work, path, tests)  # the selection as MODULES has it now
     else:
         work = _workdir(name, path, tests, root)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
