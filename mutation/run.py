@@ -244,7 +244,15 @@ def run_module(name, max_children, root, recheck=False, max_minutes=None):
     if code != 0 or not meta.exists():
         raise SystemExit(f"mutmut failed for {name} (exit {code}): see {work / 'mutmut.log'}")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
+    total = len(codes)
     counts = {column: 0 for column in COLUMNS}
+    if recheck:
+        # Only the survivors ran again (mutmut may reset the others' results when
+        # their tests change): every other mutant keeps the stored run's status.
+        codes = {key: codes.get(key) for key in survivors}
+        previous = stored[name]["counts"]
+        counts.update(previous)
+        counts["survived"] = previous["survived"] - len(survivors)
     survivors = []
     for mutant, code in sorted(codes.items(), key=lambda kv: _mutant_order(kv[0])):
         status = STATUS.get(code, "suspicious")
@@ -269,7 +277,7 @@ def run_module(name, max_children, root, recheck=False, max_minutes=None):
         "minutes": minutes,
         "tool": f"mutmut {metadata.version('mutmut')}" + (", survivors rechecked" if recheck else ""),
         "counts": {k: v for k, v in counts.items() if v or k in ("killed", "survived", "timeout")},
-        "total": len(codes),
+        "total": total,
         "survivors": survivors,
     }
 
