@@ -318,16 +318,16 @@ def test_zero_padding_of_a_sequence_is_a_border_effect_too():
     _exact_in_float64(model, slim, (8, 3))
 
 
-def test_a_reader_that_cannot_fold_a_bias_keeps_the_dead_channel():
+def test_a_reader_that_cannot_fold_a_bias_keeps_the_dead_channel_unless_it_carries_zero():
     inputs = keras.Input((8, 3))
     x = keras.layers.Conv1D(4, 1, activation="relu", name="a", dtype="float64")(inputs)
     x = keras.layers.Conv1D(2, 3, padding="causal", name="b", dtype="float64")(x)
     model = keras.Model(inputs, x)
     _randomize(model)
-    _zero(model.get_layer("a").kernel, [1, 2])
-    model.get_layer("a").bias.assign([0.1, 0.5, 0.4, 0.3])
+    _zero(model.get_layer("a").kernel, [1, 2, 3])
+    model.get_layer("a").bias.assign([0.1, 0.5, 0.4, -0.3])  # channel 3 carries relu(-0.3) = 0
     slim = ksm.strip(model)
-    assert slim.get_layer("a").filters == 4
+    assert slim.get_layer("a").filters == 3  # 1 and 2 stay: a causal Conv1D takes no bias fold
     _exact_in_float64(model, slim, (8, 3))
 
 
@@ -355,3 +355,23 @@ def test_a_float64_model_folds_in_float64():
     slim = ksm.strip(model)
     assert slim.get_layer("a").units == 3
     _exact_in_float64(model, slim, (5,))
+
+
+def test_constancy_is_judged_per_output_channel_not_against_the_largest():
+    """Output 0 reads the dead channel through its centre tap only (a constant
+    10^7 times larger than the rest); the others see the zero padding's border
+    effect, which is small next to output 0 but not next to themselves: kept."""
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 1, activation="relu", name="a", dtype="float64")(inputs)
+    x = keras.layers.Conv2D(5, 3, padding="same", name="b", dtype="float64")(x)
+    model = keras.Model(inputs, x)
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [1])
+    model.get_layer("a").bias.assign([0.1, 0.5, -0.2, 0.3])
+    kernel = keras.ops.convert_to_numpy(model.get_layer("b").kernel).copy()
+    kernel[:, :, 1, 0] = 0.0
+    kernel[1, 1, 1, 0] = 1e7
+    model.get_layer("b").kernel.assign(kernel)
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").filters == 4
+    _exact_in_float64(model, slim, (6, 6, 3))
