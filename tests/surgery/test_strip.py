@@ -375,3 +375,44 @@ def test_constancy_is_judged_per_output_channel_not_against_the_largest():
     slim = ksm.strip(model)
     assert slim.get_layer("a").filters == 4
     _exact_in_float64(model, slim, (6, 6, 3))
+
+
+def _shared_reader(bias_a, bias_b):
+    """A shared reader seeing dead channel 2 of `a` and of `b`, in float64."""
+    inputs = keras.Input((5,))
+    a = keras.layers.Dense(4, activation="relu", name="a", dtype="float64")(inputs)
+    b = keras.layers.Dense(4, activation="relu", name="b", dtype="float64")(inputs)
+    shared = keras.layers.Dense(3, name="shared", dtype="float64")
+    x = keras.layers.Concatenate(dtype="float64")([shared(a), shared(b)])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head", dtype="float64")(x))
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [2])
+    _zero(model.get_layer("b").kernel, [2])
+    model.get_layer("a").bias.assign(np.full(4, bias_a))
+    model.get_layer("b").bias.assign(np.full(4, bias_b))
+    return model
+
+
+@pytest.mark.parametrize("bias_a, bias_b", [(0.7, 0.7 * (1 + 5e-6)), (1e-9, 2e-9)])
+def test_a_shared_reader_folds_only_constants_equal_to_a_millionth_relative(bias_a, bias_b):
+    """Two constants 5e-6 apart (relative), or two tiny ones twice apart, are
+    different constants: no absolute floor, no looser relative tolerance."""
+    model = _shared_reader(bias_a, bias_b)
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").units == 4
+    _exact_in_float64(model, slim, (5,))
+    assert ksm.strip(_shared_reader(bias_a, bias_a * (1 + 1e-8))).get_layer("a").units == 3
+
+
+def test_a_dead_channel_carrying_zero_gives_a_bias_free_reader_no_bias():
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(4, activation="relu", name="a")(inputs)
+    x = keras.layers.Dense(3, use_bias=False, name="b")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [1])
+    model.get_layer("a").bias.assign([0.1, -0.5, 0.2, 0.3])  # unit 1 carries relu(-0.5) = 0
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").units == 3
+    assert not slim.get_layer("b").use_bias and len(slim.get_layer("b").weights) == 1
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-6
