@@ -416,3 +416,13 @@ def test_a_dead_channel_carrying_zero_gives_a_bias_free_reader_no_bias():
     assert slim.get_layer("a").units == 3
     assert not slim.get_layer("b").use_bias and len(slim.get_layer("b").weights) == 1
     assert max_relative_error(model, slim, _probe((5,))) <= 1e-6
+
+
+def test_a_frozen_layer_without_zero_columns_strips_unchanged():
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(3, activation="relu", trainable=False),
+                              keras.layers.Dense(2)])
+    _randomize(model)
+    slim = ksm.strip(model)
+    assert [layer.units for layer in slim.layers] == [3, 2]
+    assert max_relative_error(model, slim, _probe((4,))) <= 1e-6
