@@ -109,6 +109,16 @@ def test_residual_channel_goes_only_when_dead_on_every_branch():
     assert max_relative_error(model, slim, _probe((6, 6, 3))) <= 1e-5
 
 
+def test_a_channel_zero_in_one_residual_branch_only_stays():
+    model = _residual()
+    _randomize(model)
+    _zero(model.get_layer("stem").kernel, [1])
+    _zero(model.get_layer("b").kernel, [1, 3])  # channel 3 still flows from the stem
+    slim = ksm.strip(model)
+    assert slim.get_layer("stem").filters == 3 and slim.get_layer("b").filters == 3
+    assert max_relative_error(model, slim, _probe((6, 6, 3))) <= 1e-5
+
+
 def test_concatenate_offsets():
     inputs = keras.Input((5,))
     left = keras.layers.Dense(4, activation="relu", name="left")(inputs)
