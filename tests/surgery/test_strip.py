@@ -437,3 +437,15 @@ def test_a_frozen_layer_without_zero_columns_strips_unchanged():
     slim = ksm.strip(model)
     assert [layer.units for layer in slim.layers] == [3, 2]
     assert max_relative_error(model, slim, _probe((4,))) <= 1e-6
+
+
+def test_inputs_that_pass_through_layers_before_the_first_kernel():
+    """Flatten and BatchNormalization run on the inputs' own (zero) pattern first."""
+    model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.BatchNormalization(),
+                              keras.layers.Flatten(), keras.layers.Dense(6, activation="relu"),
+                              keras.layers.Dense(3)])
+    _randomize(model)
+    _zero(model.layers[2].kernel, [0, 4])
+    slim = ksm.strip(model)
+    assert [layer.units for layer in slim.layers if isinstance(layer, keras.layers.Dense)] == [4, 3]
+    assert max_relative_error(model, slim, _probe((2, 2, 3))) <= 1e-6
