@@ -449,3 +449,18 @@ def test_inputs_that_pass_through_layers_before_the_first_kernel():
     slim = ksm.strip(model)
     assert [layer.units for layer in slim.layers if isinstance(layer, keras.layers.Dense)] == [4, 3]
     assert max_relative_error(model, slim, _probe((2, 2, 3))) <= 1e-6
+
+
+def test_a_reader_of_two_spaces_sums_the_folds_of_both():
+    inputs = keras.Input((5,))
+    left = keras.layers.Dense(4, activation="relu", name="left")(inputs)
+    right = keras.layers.Dense(3, activation="tanh", name="right")(inputs)
+    joined = keras.layers.Concatenate()([left, right])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(joined))
+    _randomize(model)
+    _zero(model.get_layer("left").kernel, [1])
+    _zero(model.get_layer("right").kernel, [0])
+    model.get_layer("left").bias.assign([0.1, 0.6, 0.2, 0.3])  # relu(0.6) and tanh(bias) fold
+    slim = ksm.strip(model)
+    assert slim.get_layer("left").units == 3 and slim.get_layer("right").units == 2
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-5
