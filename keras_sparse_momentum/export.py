@@ -296,7 +296,7 @@ def _convert(model, sparse, quantize, representative_data, also_dense=False):
         if converted is not None:
             return converted
     with tempfile.TemporaryDirectory(prefix="ksm_export_") as saved_model:
-        with _unrolled_recurrent_layers(model):
+        with _unrolled_recurrent_layers(model), _narrow_dense_layers_as_products(model, sparse):
             model.export(saved_model, format="tf_saved_model", verbose=False)
         flatbuffer = _convert_saved_model(
             model, saved_model, sparse, quantize, representative_data
@@ -324,6 +324,54 @@ def _convert_saved_model(model, saved_model, sparse, quantize, representative_da
         return converter.convert()
     except Exception as error:  # the converter raises its own ConverterError
         raise _conversion_error(model, error) from error
+
+
+# The block width the converter's EXPERIMENTAL_SPARSITY gives FULLY_CONNECTED weights.
+_FC_SPARSE_BLOCK = 4
+
+
+@contextlib.contextmanager
+def _narrow_dense_layers_as_products(model, sparse):
+    """Trace Dense layers with fewer than 4 inputs as a product and a sum, when `sparse`.
+
+    The TFLite converter's EXPERIMENTAL_SPARSITY (TF 2.21) stores a
+    FULLY_CONNECTED weight in 1x4 blocks along its input axis even when that
+    axis is shorter than 4: the file then holds zero blocks and no values, and
+    LiteRT reads uninitialised memory instead of the weights (the output
+    changes from run to run; NaN at times). A strip that narrows a layer to
+    1-3 units makes exactly that (EfficientNetB0 after GSM: `top_conv` kept 1
+    filter, so the classifier Dense reads 1 input). Traced as
+    `sum(x[..., :, None] * kernel, axis=-2) (+ bias, activation)` the layer
+    becomes element-wise MUL and SUM ops, which the sparsity pass leaves alone;
+    the function is the same, and such a weight has at most 3 rows to store.
+
+    The layers of `model` get the product as their `call` only while this
+    context is open.
+    """
+    narrow = [] if not sparse else [
+        layer for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call
+        and layer.built
+        and getattr(layer, "quantization_mode", None) is None
+        and not getattr(layer, "lora_enabled", False)
+        and layer.kernel.shape[0] < _FC_SPARSE_BLOCK
+    ]
+
+    def product(layer):
+        def call(inputs, training=None):
+            x = keras.ops.sum(keras.ops.expand_dims(inputs, -1) * layer.kernel, axis=-2)
+            if layer.bias is not None:
+                x = keras.ops.add(x, layer.bias)
+            return layer.activation(x) if layer.activation is not None else x
+        return call
+
+    try:
+        for layer in narrow:
+            layer.call = product(layer)
+        yield
+    finally:
+        for layer in narrow:
+            del layer.call
 
 
 @contextlib.contextmanager

@@ -267,3 +267,43 @@ def test_nan_from_sparse_float16_is_caught(tmp_path):
         measure=False,
     )
     assert dense.max_abs_error < 1e-2
+
+
+def _narrow_classifier(inputs, seed=0):
+    """Input(inputs) -> Dense(10, softmax) with 70 % zero weights (sparse enough to encode)."""
+    rng = np.random.default_rng(seed)
+    x = keras.Input((inputs,))
+    model = keras.Model(x, keras.layers.Dense(10, activation="softmax", name="head")(x))
+    kernel = rng.standard_normal((inputs, 10)).astype("float32")
+    kernel[rng.random(kernel.shape) < 0.7] = 0.0
+    model.get_layer("head").kernel.assign(kernel)
+    model.get_layer("head").bias.assign(rng.normal(0, 0.1, 10).astype("float32"))
+    return model, rng.standard_normal((8, inputs)).astype("float32")
+
+
+@pytest.mark.parametrize("inputs", [1, 2, 3])
+def test_a_dense_layer_with_fewer_than_four_inputs_exports_sparse(inputs, tmp_path):
+    """EfficientNetB0 after GSM + strip keeps 1 filter in `top_conv`, so its classifier reads
+    one input: the converter's 1x4-block sparse FULLY_CONNECTED weight then holds nothing.
+    Traced as a product such layers give a verified sparse file, and the layer is left as
+    it was."""
+    model, x = _narrow_classifier(inputs)
+    result = ksm.export_tflite(model, tmp_path / "m.tflite", sample_inputs=x, measure=False)
+    assert result.max_abs_error <= 1e-6
+    for _ in range(2):
+        np.testing.assert_allclose(tflite_predict(result.path, x), model(x), atol=1e-6)
+    assert "call" not in vars(model.get_layer("head"))
+
+
+def test_the_converter_still_loses_narrow_sparse_fully_connected_weights(tmp_path, monkeypatch):
+    """A canary for the workaround above: if the converter is fixed this `raises` fails;
+    then `_narrow_dense_layers_as_products` can go."""
+    import contextlib
+
+    from keras_sparse_momentum import export
+
+    monkeypatch.setattr(export, "_narrow_dense_layers_as_products",
+                        lambda model, sparse: contextlib.nullcontext())
+    model, x = _narrow_classifier(2)
+    with pytest.raises(RuntimeError, match="converter bug"):
+        ksm.export_tflite(model, tmp_path / "m.tflite", sample_inputs=x, measure=False)
