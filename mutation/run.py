@@ -112,6 +112,17 @@ MODULES = {
         _PROX + "test_config_round_trip",
         _PROX + "test_invalid_arguments_are_rejected_at_construction",
         _PROX + "test_nothing_to_prune_is_a_clear_error",
+        _PROX + "test_held_support_zeroes_the_iterate_until_released",
+        _PROX + "test_sync_iterates_restarts_the_sparse_iterate_at_assigned_values",
+        _PROX + "test_finalize_before_any_step_keeps_the_variables_and_after_one_writes_the_iterate",
+        _PROX + "test_callable_l1_is_read_at_every_step",
+        _PROX + "test_float64_variables_step_in_float64",
+        _PROX + "test_zero_momentum_keeps_no_momentum_slot_and_is_the_proximal_gradient",
+        _PROX + "test_optimizer_state_is_named_and_laid_out_like_keras_slots_and_not_trainable",
+        _PROX + "test_from_config_passes_custom_objects_to_both_schedules",
+        _PROX + "test_ema_follows_the_sparse_iterate_step_by_step",
+        _PROX + "test_weight_decay_is_the_coupled_l2_of_an_elastic_net_on_kernels",
+        _PROX + "test_defaults_are_the_documented_ones",
     ]),
     "centripetal_sgd": ("keras_sparse_momentum/optimizers/centripetal_sgd.py", [
         _CSGD + "test_steps_match_the_numpy_reference",
@@ -169,6 +180,12 @@ def _mutmut_section(path, tests):
     ])
 
 
+def _write_pyproject(work, path, tests):
+    pyproject = (REPO / "pyproject.toml").read_text()
+    pyproject = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject)
+    (work / "pyproject.toml").write_text(pyproject + _mutmut_section(path, tests))
+
+
 def _workdir(name, path, tests, root):
     work = root / name
     if work.exists():
@@ -179,12 +196,6 @@ def _workdir(name, path, tests, root):
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     _write_pyproject(work, path, tests)
     return work
-
-
-def _write_pyproject(work, path, tests):
-    pyproject = (REPO / "pyproject.toml").read_text()
-    pyproject = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject)
-    (work / "pyproject.toml").write_text(pyproject + _mutmut_section(path, tests))
 
 
 def _function(mutant):
@@ -204,8 +215,9 @@ def _changed_lines(diff):
 def run_module(name, max_children, root, recheck=False, max_minutes=None):
     """mutmut on one module; with `recheck`, only its stored survivors, in the kept workdir.
 
-    `recheck` is for after adding tests: the tests are copied in again and mutmut
-    reruns just the survivors (it collects stats for the new tests first).
+    `recheck` is for after adding tests: the tests and the module's selection
+    are copied in again and mutmut reruns just the survivors (it collects stats
+    for the new tests first).
     """
     path, tests = MODULES[name]
     work = root / name

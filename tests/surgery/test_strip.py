@@ -109,6 +109,16 @@ def test_residual_channel_goes_only_when_dead_on_every_branch():
     assert max_relative_error(model, slim, _probe((6, 6, 3))) <= 1e-5
 
 
+def test_a_channel_zero_in_one_residual_branch_only_stays():
+    model = _residual()
+    _randomize(model)
+    _zero(model.get_layer("stem").kernel, [1])
+    _zero(model.get_layer("b").kernel, [1, 3])  # channel 3 still flows from the stem
+    slim = ksm.strip(model)
+    assert slim.get_layer("stem").filters == 3 and slim.get_layer("b").filters == 3
+    assert max_relative_error(model, slim, _probe((6, 6, 3))) <= 1e-5
+
+
 def test_concatenate_offsets():
     inputs = keras.Input((5,))
     left = keras.layers.Dense(4, activation="relu", name="left")(inputs)
@@ -318,16 +328,17 @@ def test_zero_padding_of_a_sequence_is_a_border_effect_too():
     _exact_in_float64(model, slim, (8, 3))
 
 
-def test_a_reader_that_cannot_fold_a_bias_keeps_the_dead_channel():
+def test_a_reader_without_bias_folds_keeps_a_dead_channel_unless_zero_or_unread():
     inputs = keras.Input((8, 3))
     x = keras.layers.Conv1D(4, 1, activation="relu", name="a", dtype="float64")(inputs)
     x = keras.layers.Conv1D(2, 3, padding="causal", name="b", dtype="float64")(x)
     model = keras.Model(inputs, x)
     _randomize(model)
-    _zero(model.get_layer("a").kernel, [1, 2])
-    model.get_layer("a").bias.assign([0.1, 0.5, 0.4, 0.3])
+    _zero(model.get_layer("a").kernel, [1, 2, 3])
+    model.get_layer("a").bias.assign([0.1, 0.5, 0.4, -0.3])  # channel 3 carries relu(-0.3) = 0
+    _zero(model.get_layer("b").kernel, [2], axis=1)  # channel 2 is never read: no fold needed
     slim = ksm.strip(model)
-    assert slim.get_layer("a").filters == 4
+    assert slim.get_layer("a").filters == 2  # 1 stays: a causal Conv1D takes no bias fold
     _exact_in_float64(model, slim, (8, 3))
 
 
@@ -355,3 +366,101 @@ def test_a_float64_model_folds_in_float64():
     slim = ksm.strip(model)
     assert slim.get_layer("a").units == 3
     _exact_in_float64(model, slim, (5,))
+
+
+def test_constancy_is_judged_per_output_channel_not_against_the_largest():
+    """Output 0 reads the dead channel through its centre tap only (a constant
+    10^7 times larger than the rest); the others see the zero padding's border
+    effect, which is small next to output 0 but not next to themselves: kept."""
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 1, activation="relu", name="a", dtype="float64")(inputs)
+    x = keras.layers.Conv2D(5, 3, padding="same", name="b", dtype="float64")(x)
+    model = keras.Model(inputs, x)
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [1])
+    model.get_layer("a").bias.assign([0.1, 0.5, -0.2, 0.3])
+    kernel = keras.ops.convert_to_numpy(model.get_layer("b").kernel).copy()
+    kernel[:, :, 1, 0] = 0.0
+    kernel[1, 1, 1, 0] = 1e7
+    model.get_layer("b").kernel.assign(kernel)
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").filters == 4
+    _exact_in_float64(model, slim, (6, 6, 3))
+
+
+def _shared_reader(bias_a, bias_b):
+    """A shared reader seeing dead channel 2 of `a` and of `b`, in float64."""
+    inputs = keras.Input((5,))
+    a = keras.layers.Dense(4, activation="relu", name="a", dtype="float64")(inputs)
+    b = keras.layers.Dense(4, activation="relu", name="b", dtype="float64")(inputs)
+    shared = keras.layers.Dense(3, name="shared", dtype="float64")
+    x = keras.layers.Concatenate(dtype="float64")([shared(a), shared(b)])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head", dtype="float64")(x))
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [2])
+    _zero(model.get_layer("b").kernel, [2])
+    model.get_layer("a").bias.assign(np.full(4, bias_a))
+    model.get_layer("b").bias.assign(np.full(4, bias_b))
+    return model
+
+
+@pytest.mark.parametrize("bias_a, bias_b", [(0.7, 0.7 * (1 + 5e-6)), (1e-9, 2e-9)])
+def test_a_shared_reader_folds_only_constants_equal_to_a_millionth_relative(bias_a, bias_b):
+    """Two constants 5e-6 apart (relative), or two tiny ones twice apart, are
+    different constants: no absolute floor, no looser relative tolerance."""
+    model = _shared_reader(bias_a, bias_b)
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").units == 4
+    _exact_in_float64(model, slim, (5,))
+    assert ksm.strip(_shared_reader(bias_a, bias_a * (1 + 1e-8))).get_layer("a").units == 3
+
+
+def test_a_dead_channel_carrying_zero_gives_a_bias_free_reader_no_bias():
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(4, activation="relu", name="a")(inputs)
+    x = keras.layers.Dense(3, use_bias=False, name="b")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _randomize(model)
+    _zero(model.get_layer("a").kernel, [1])
+    model.get_layer("a").bias.assign([0.1, -0.5, 0.2, 0.3])  # unit 1 carries relu(-0.5) = 0
+    slim = ksm.strip(model)
+    assert slim.get_layer("a").units == 3
+    assert not slim.get_layer("b").use_bias and len(slim.get_layer("b").weights) == 1
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-6
+
+
+def test_a_frozen_layer_without_zero_columns_strips_unchanged():
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(3, activation="relu", trainable=False),
+                              keras.layers.Dense(2)])
+    _randomize(model)
+    slim = ksm.strip(model)
+    assert [layer.units for layer in slim.layers] == [3, 2]
+    assert max_relative_error(model, slim, _probe((4,))) <= 1e-6
+
+
+def test_inputs_that_pass_through_layers_before_the_first_kernel():
+    """Flatten and BatchNormalization run on the inputs' own (zero) pattern first."""
+    model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.BatchNormalization(),
+                              keras.layers.Flatten(), keras.layers.Dense(6, activation="relu"),
+                              keras.layers.Dense(3)])
+    _randomize(model)
+    _zero(model.layers[2].kernel, [0, 4])
+    slim = ksm.strip(model)
+    assert [layer.units for layer in slim.layers if isinstance(layer, keras.layers.Dense)] == [4, 3]
+    assert max_relative_error(model, slim, _probe((2, 2, 3))) <= 1e-6
+
+
+def test_a_reader_of_two_spaces_sums_the_folds_of_both():
+    inputs = keras.Input((5,))
+    left = keras.layers.Dense(4, activation="relu", name="left")(inputs)
+    right = keras.layers.Dense(3, activation="tanh", name="right")(inputs)
+    joined = keras.layers.Concatenate()([left, right])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(joined))
+    _randomize(model)
+    _zero(model.get_layer("left").kernel, [1])
+    _zero(model.get_layer("right").kernel, [0])
+    model.get_layer("left").bias.assign([0.1, 0.6, 0.2, 0.3])  # relu(0.6) and tanh(bias) fold
+    slim = ksm.strip(model)
+    assert slim.get_layer("left").units == 3 and slim.get_layer("right").units == 2
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-5
