@@ -350,31 +350,27 @@ def test_finalize_merges_the_ema_weights_it_swaps_in():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
 
 
-def test_unbound_plan_warns_only_when_it_has_moving_statistics():
-    cnn = architectures.cnn_flatten()
-    unbound = ksm.ClusterPlan.from_dict(ksm.ClusterPlan.from_model(cnn, 0.5, method="even")
+def _unbound_plan_warnings(model):
+    """The 'not bound' warnings of finalizing C-SGD with `model`'s plan restored from its config."""
+    unbound = ksm.ClusterPlan.from_dict(ksm.ClusterPlan.from_model(model, 0.5, method="even")
                                         .to_dict())
     opt = ksm.CentripetalSGD(unbound, centripetal_strength=0.0)
-    opt.build(cnn.trainable_variables)
+    opt.build(model.trainable_variables)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        opt.finalize_variable_values(cnn.trainable_variables)
-    bound = [w for w in caught if "not bound" in str(w.message)]
+        opt.finalize_variable_values(model.trainable_variables)
+    return [w for w in caught if "not bound" in str(w.message)]
+
+
+def test_unbound_plan_warns_only_when_it_has_moving_statistics():
+    bound = _unbound_plan_warnings(architectures.cnn_flatten())
     assert [str(w.message) for w in bound] == [
         "CentripetalSGD: the plan is not bound to a model, so BatchNorm moving statistics "
         "were not equalised; call `plan.bind(model)` before `fit` (plans restored from a "
         "config are unbound)."]
     assert bound[0].filename != centripetal_sgd.__file__
 
-    mlp = architectures.mlp()  # no BatchNorm: nothing to warn about
-    plan = ksm.ClusterPlan.from_dict(ksm.ClusterPlan.from_model(mlp, 0.5, method="even")
-                                     .to_dict())
-    opt = ksm.CentripetalSGD(plan, centripetal_strength=0.0)
-    opt.build(mlp.trainable_variables)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        opt.finalize_variable_values(mlp.trainable_variables)
-    assert not [w for w in caught if "not bound" in str(w.message)]
+    assert not _unbound_plan_warnings(architectures.mlp())  # no BatchNorm: nothing to warn about
 
 
 class _Spike(keras.optimizers.schedules.LearningRateSchedule):
