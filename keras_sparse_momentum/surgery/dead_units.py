@@ -71,8 +71,8 @@ class _Analysis:
         for port in space.ports:
             if port.part != graph_lib.PRODUCER:
                 continue
-            for slot, variable, value in _slot_values(port):
-                if rules.slot_kind(variable, slot) == rules.KERNEL:
+            for slot, _, value in _slot_values(port):
+                if rules.is_kernel(slot):
                     alive |= _nonzero_along(value, slot.axis)
                     kernels += 1
         return set(np.flatnonzero(~alive).tolist()) if kernels else set()

@@ -94,11 +94,19 @@ def weights_by_path(layer):
     return dict(zip(paths, weights))
 
 
+def is_kernel(slot):
+    """Whether a slot slices a kernel (what decides that a channel is dead), by the
+    weight's name, trainable or frozen alike: a layer frozen for fine-tuning still
+    computes with its kernel."""
+    return slot.weight.split("/")[-1].endswith("kernel")
+
+
 def slot_kind(variable, slot):
-    """How C-SGD treats a merged slice: KERNEL (full strength), VECTOR (a tenth), STATISTIC."""
+    """How C-SGD treats a merged slice: KERNEL (full strength), VECTOR (a tenth), or
+    STATISTIC (not trained: averaged at the end), which includes frozen weights."""
     if not variable.trainable:
         return STATISTIC
-    return KERNEL if slot.weight.split("/")[-1].endswith("kernel") else VECTOR
+    return KERNEL if is_kernel(slot) else VECTOR
 
 
 def call_argument(node, position, name):

@@ -439,6 +439,36 @@ def test_a_frozen_layer_without_zero_columns_strips_unchanged():
     assert max_relative_error(model, slim, _probe((4,))) <= 1e-6
 
 
+def test_a_frozen_layers_dead_units_go_like_a_trained_layers():
+    """Transfer learning freezes layers: their kernels still decide which units are dead."""
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(3, activation="relu", trainable=False),
+                              keras.layers.Dense(2)])
+    _randomize(model)
+    _zero(model.layers[0].kernel, [1])
+    model.layers[0].bias.assign([0.1, 0.0, 0.2])
+    slim = ksm.strip(model)
+    assert [layer.units for layer in slim.layers] == [2, 2]
+    assert not slim.layers[0].trainable and slim.layers[1].trainable
+    assert max_relative_error(model, slim, _probe((4,))) <= 1e-6
+
+
+def test_a_frozen_residual_producer_keeps_the_channels_it_feeds():
+    """Channel 1 is zero in b only: the frozen stem still carries it through the Add."""
+    model = _residual()
+    _randomize(model)
+    model.get_layer("stem").trainable = False
+    _zero(model.get_layer("b").kernel, [1])
+    slim = ksm.strip(model)
+    assert slim.get_layer("stem").filters == 4 and slim.get_layer("b").filters == 4
+    assert max_relative_error(model, slim, _probe((6, 6, 3))) <= 1e-5
+    _zero(model.get_layer("stem").kernel, [1])  # now dead on both sides of the Add
+    slim = ksm.strip(model)
+    assert slim.get_layer("stem").filters == 3 and slim.get_layer("b").filters == 3
+    assert not slim.get_layer("stem").trainable
+    assert max_relative_error(model, slim, _probe((6, 6, 3))) <= 1e-5
+
+
 def test_inputs_that_pass_through_layers_before_the_first_kernel():
     """Flatten and BatchNormalization run on the inputs' own (zero) pattern first."""
     model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.BatchNormalization(),
