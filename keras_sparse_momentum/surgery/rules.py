@@ -486,6 +486,11 @@ class BatchNorm(_Passive):
             rank = len(layer.input.shape)
         if axis is None or axis not in (-1, (rank or 0) - 1):
             return f"BatchNormalization '{layer.name}' not on the channel axis"
+        if node is not None and call_argument(node, 1, "training") is True:
+            # Batch statistics at inference too: a dead channel's output is beta or
+            # anything else depending on the batch, not a constant surgery can fold.
+            return (f"BatchNormalization '{layer.name}' is called with training=True "
+                    "(batch statistics at inference)")
         return None
 
     def out_slots(self, layer):

@@ -494,3 +494,20 @@ def test_a_reader_of_two_spaces_sums_the_folds_of_both():
     slim = ksm.strip(model)
     assert slim.get_layer("left").units == 3 and slim.get_layer("right").units == 2
     assert max_relative_error(model, slim, _probe((5,))) <= 1e-5
+
+
+def test_batchnorm_called_with_training_true_is_left_whole_and_named():
+    """`BatchNormalization()(x, training=True)` normalises with the batch's own statistics
+    in inference too, so a dead channel's constant depends on the batch: not followed."""
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(4, activation="relu", name="hidden")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x, training=True)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _randomize(model)
+    _zero(model.get_layer("hidden").kernel, [1])
+    model.get_layer("hidden").bias.assign([0.1, 0.4, 0.2, 0.3])
+    slim = ksm.strip(model)
+    assert slim.get_layer("hidden").units == 4
+    assert max_relative_error(model, slim, _probe((5,))) <= 1e-6
+    whole = dict(slim.strip_report.left_whole)
+    assert "training=True" in whole["bn"]
