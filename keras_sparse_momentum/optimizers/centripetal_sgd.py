@@ -124,9 +124,9 @@ class CentripetalSGD(base.PruningSGD):
         if self.built:
             return
         super().build(variables)
-        merges = {m.path: m for m in self.plan.merges if m.kind != STATISTIC}
-        present = {v.path for v in variables}
-        missing = sorted(set(merges) - present)
+        trained = {m.path for m in self.plan.merges if m.kind != STATISTIC}
+        merges = {v.path: m for m, v in self.plan.planned(variables) if m.kind != STATISTIC}
+        missing = sorted(trained - {m.path for m in merges.values()})
         if missing:
             raise ValueError(
                 f"{type(self).__name__}: the plan merges variables the model does not "

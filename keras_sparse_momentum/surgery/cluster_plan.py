@@ -118,6 +118,12 @@ def features(space):
     return np.concatenate(blocks, axis=1)
 
 
+def _same_up_to_scope(a, b):
+    """Whether one variable path is the other with leading scopes ('model/') removed."""
+    short, long = sorted((a, b), key=len)
+    return long.endswith("/" + short)
+
+
 def _layer_name(layer):
     return layer if isinstance(layer, str) else layer.name
 
@@ -293,12 +299,9 @@ class ClusterPlan:
         """
         variables = getattr(model_or_variables, "weights", model_or_variables)
         distance = self.cluster_distance(variables)
-        values = {v.path: v for v in variables}
-        for merge in self.merges:
-            if merge.path in values:
-                variable = values[merge.path]
-                value = keras.ops.convert_to_numpy(variable)
-                variable.assign(merge.equalize(value).astype(value.dtype))
+        for merge, variable in self.planned(variables):
+            value = keras.ops.convert_to_numpy(variable)
+            variable.assign(merge.equalize(value).astype(value.dtype))
         return distance
 
     def cluster_distance(self, model_or_variables):
@@ -308,24 +311,44 @@ class ClusterPlan:
         variables (those not in the plan are ignored).
         """
         variables = getattr(model_or_variables, "weights", model_or_variables)
-        values = {v.path: v for v in variables}
         worst = 0.0
-        for merge in self.merges:
-            if merge.kind != STATISTIC and merge.path in values:
-                value = keras.ops.convert_to_numpy(values[merge.path])
+        for merge, variable in self.planned(variables):
+            if merge.kind != STATISTIC:
+                value = keras.ops.convert_to_numpy(variable)
                 worst = max(worst, merge.relative_distance(value))
         return worst
 
     def unmerged(self, model):
         """[(variable path, relative distance)] of the planned variables of `model`
         (moving statistics included) whose clusters are not identical."""
-        values = {v.path: v for v in model.weights}
         return [
             (merge.path, distance)
-            for merge in self.merges
-            if merge.path in values
-            and (distance := merge.relative_distance(keras.ops.convert_to_numpy(values[merge.path])))
+            for merge, variable in self.planned(model.weights)
+            if (distance := merge.relative_distance(keras.ops.convert_to_numpy(variable)))
         ]
+
+    def planned(self, variables):
+        """[(merge, variable)] for the planned variables among `variables`, in plan order.
+
+        A merge names its variable by the path it had in the model the plan was
+        made from. Paths carry the scope the model built its layers in: a
+        Sequential built from code names a kernel 'sequential/dense/kernel', the
+        same model from `load_model` 'dense/kernel'. So a merge with no variable
+        of its exact path takes the one variable whose path equals its path
+        with leading scopes removed, or the other way round; none or several
+        such variables: the merge has no variable here.
+        """
+        variables = list(variables)
+        exact = {v.path: v for v in variables}
+        pairs = []
+        for merge in self.merges:
+            variable = exact.get(merge.path)
+            if variable is None:
+                near = [v for v in variables if _same_up_to_scope(v.path, merge.path)]
+                variable = near[0] if len(near) == 1 else None
+            if variable is not None:
+                pairs.append((merge, variable))
+        return pairs
 
     def check_bound(self, variables):
         """Raise if the plan is bound to a model that does not hold `variables`.

@@ -167,19 +167,20 @@ def test_on_jax_a_keras_file_with_held_masks_loads_the_weights_not_the_optimizer
 
 
 def _functional_mlp():
-    """`mlp()` as a functional model with named layers: a Sequential's variable paths
-    carry the model's generated name, which `load_model` does not give back, and a
-    ClusterPlan is keyed by paths."""
+    """`mlp()` as a functional model with named layers."""
     x = inputs = keras.Input((16,))
     for i, units in enumerate((32, 24)):
         x = keras.layers.Dense(units, activation="relu", name=f"hidden{i}")(x)
     return keras.Model(inputs, keras.layers.Dense(4, name="logits")(x))
 
 
-def test_centripetal_sgd_resumed_mid_training(tmp_path):
+@pytest.mark.parametrize("architecture", ["functional", "sequential"])
+def test_centripetal_sgd_resumed_mid_training(tmp_path, architecture):
+    """A Sequential's variables are 'sequential/dense/kernel' when built from code and
+    'dense/kernel' from `load_model`: the plan in the optimizer's config still finds them."""
     def build():
         keras.utils.set_random_seed(0)
-        model = _functional_mlp()
+        model = _functional_mlp() if architecture == "functional" else mlp(name="sequential")
         plan = ksm.ClusterPlan.from_model(model, keep_ratio=0.5)
         opt = ksm.CentripetalSGD(plan, 0.05, centripetal_strength=0.3)
         return compile_for_test(model, opt), []
@@ -191,6 +192,11 @@ def test_centripetal_sgd_resumed_mid_training(tmp_path):
     whole, loaded = checkpoint_and_continue(build, _data(), 3, tmp_path / "mid.keras")
     assert isinstance(loaded[0].optimizer, ksm.CentripetalSGD)
     assert max_difference(whole[0], loaded[0]) == 0.0
+    plan = loaded[0].optimizer.plan
+    assert plan.cluster_distance(loaded[0]) == 0.0
+    assert len(plan.planned(loaded[0].weights)) == len(plan.merges) == 4
+    assert max_difference(ksm.strip(whole[0], whole[0].optimizer.plan),
+                          ksm.strip(loaded[0], plan)) == 0.0
 
 
 def test_prox_nag_iterative_rounds_resumed_inside_a_pruning_round(tmp_path):
