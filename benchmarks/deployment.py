@@ -96,7 +96,7 @@ def export_files(model, arrays, modes):
                 result = ksm.export_tflite(model, Path(folder) / f"{mode.replace(' ', '_')}.tflite",
                                            sample_inputs=x_test[:32], **kwargs)
             except (ValueError, RuntimeError) as error:  # refused, or failed verification
-                rows.append({"mode": mode, "refused": str(error).splitlines()[0][:200]})
+                rows.append({"mode": mode, "refused": str(error).splitlines()[0]})
                 continue
             fields = {k: _plain(v) for k, v in dataclasses.asdict(result).items() if k != "path"}
             predicted = np.argmax(tflite_predict(result.path, x_test), axis=-1)
@@ -151,6 +151,8 @@ def run(opts, previous=None):
 
 
 def _number(key, value):
+    if isinstance(value, (list, tuple)):  # e.g. the demo's files: their paths were temporary
+        return f"{len(value)}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "" if value is None else str(value)
     if "accuracy" in key:
@@ -207,14 +209,16 @@ def readme(results):
     files = {r["mode"]: r for r in results["files"]}
     m = results["model"]
     text = [f"**{README_TITLE}** (`--only deployment`): " + _model_line(m)[:-1] + "."]
-    sentences = []
+    sentences, refused = [], {}
     for mode, row in files.items():
         if "size_bytes" in row:
             sentences.append(f"{mode} {row['size_bytes'] / 1024:,.0f} KB ({row['x_dense']:.3f}x), "
                              f"max error {row['max_abs_error']:.1e}, "
                              f"{100 * row['tflite_accuracy']:.2f} %")
-        else:
-            sentences.append(f"{mode} refused ({row['refused']})")
+        else:  # the export's own message, its first sentence, once per message
+            reason = row["refused"].removeprefix("export_tflite: ").split(". ")[0]
+            refused.setdefault(reason, []).append(mode)
     text.append("; ".join(sentences) + ".")
+    text += [f"Refused: {' and '.join(modes)} ({reason})." for reason, modes in refused.items()]
     text += [_demo_line(d) for d in results["demo"]]
     return " ".join(text)
