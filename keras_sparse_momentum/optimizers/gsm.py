@@ -298,8 +298,11 @@ class GSMMomentum(base.PruningSGD):
             passive_grad = ops.zeros_like(dense[i])
             extra = self._extra_passive_decay(variables[i])
             if extra:
+                # convert_to_tensor with the dtype, not cast: casting a Python float
+                # goes through float32 first (float64 models would decay by 1.7000000477).
                 passive_grad = ops.multiply(
-                    ops.cast(variables[i], dense[i].dtype), ops.cast(extra, dense[i].dtype)
+                    ops.cast(variables[i], dense[i].dtype),
+                    ops.convert_to_tensor(extra, dtype=dense[i].dtype),
                 )
             # `not (s < t)` ranks NaN scores as active, as the radix select does,
             # so NaN gradients reach the weights (as with Keras's SGD) and

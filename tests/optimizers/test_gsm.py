@@ -446,3 +446,155 @@ def test_diverged_training_is_a_clear_error():
     model = compile_for_test(mlp(), ksm.GSMMomentum(1e4, momentum=0.9, compression=4))
     with pytest.raises(ValueError, match="training diverged"):
         model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+
+
+# -- defaults, for_budget's edges, and what the warnings say -------------------------
+
+
+def test_defaults_are_the_papers_and_the_cut_is_none_before_it_runs():
+    opt = ksm.GSMMomentum(compression=2)
+    assert float(keras.ops.convert_to_numpy(opt.learning_rate)) == pytest.approx(0.01)
+    assert (opt.momentum, opt.weight_decay, opt.nesterov) == (0.99, 5e-4, False)
+    assert (opt.ramp_steps, opt.ramp_begin_step, opt.passive_decay, opt.importance) == \
+        (0, 0, None, "taylor")
+    assert opt.final_cut is None
+
+
+def test_every_construction_error_names_the_optimizer():
+    for kwargs in ({}, {"compression": 0.5}, {"compression": 2, "passive_decay": -1.0},
+                   {"compression": 2, "ramp_steps": 1, "ramp_begin_step": 1}):
+        with pytest.raises(ValueError) as raised:
+            ksm.GSMMomentum(**kwargs)
+        assert str(raised.value).startswith("GSMMomentum"), kwargs
+
+
+def test_for_budget_edges_default_peak_sparsity_and_bad_peaks():
+    one = ksm.GSMMomentum.for_budget(1, compression=2)
+    assert (one.ramp_begin_step, one.ramp_steps) == (0, 0)
+    default = ksm.GSMMomentum.for_budget(100, compression=10)
+    assert float(default._learning_rate(10)) == pytest.approx(0.01)
+    sparse = ksm.GSMMomentum.for_budget(100, sparsity=0.9)
+    assert (sparse.compression, sparse.sparsity) == (None, 0.9)
+    for peak in (0, -0.1, True):
+        with pytest.raises(ValueError) as raised:
+            ksm.GSMMomentum.for_budget(100, compression=10, learning_rate=peak)
+        assert str(raised.value) == (
+            "GSMMomentum.for_budget: with warmup_cosine=True, `learning_rate` must be a number "
+            "> 0 (the peak of the schedule); pass warmup_cosine=False to use your own "
+            f"schedule. Received: learning_rate={peak!r}")
+
+
+def _cut_directly(opt, values):
+    """Build `opt` on float32 kernels holding `values` and run its final cut, here
+    (not inside fit), recording the warnings."""
+    variables = [keras.Variable(np.asarray(v, "float32"), name="kernel") for v in values]
+    opt.build(variables)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.finalize_variable_values(variables)
+    return [w for w in caught if issubclass(w.category, UserWarning)]
+
+
+def _random_kernels(seed=5):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape) for shape in ((6, 5), (5, 3))]
+
+
+def test_destructive_cut_message_of_the_papers_rule_word_for_word():
+    opt = ksm.GSMMomentum(0.01, momentum=0.99, weight_decay=1e-4, compression=4)
+    (warning,) = _cut_directly(opt, _random_kernels())
+    assert warning.category is UserWarning and warning.filename == __file__  # the caller's line
+    scale, share = opt.final_cut.scale, opt.final_cut.norm_share
+    assert str(warning.message) == (
+        f"GSMMomentum: the weights the final cut zeroed had a median size of {scale:.2g} "
+        f"times the median kept weight (warned above 0.001; {share:.2%} of the prunable "
+        "weights' squared L2 norm): with the paper's rule a passive weight only decays, by "
+        "about lr * weight_decay / (1 - momentum) = 0.0001 of itself per step, which is far "
+        "from zero after 0 steps, so the cut was a plain magnitude prune of live weights with "
+        "no recovery, and accuracy may have collapsed. For a budget of 0 steps use\n"
+        "    GSMMomentum.for_budget(0, compression=4, learning_rate=0.1, momentum=0.9, "
+        "nesterov=True, weight_decay=0.0001)\n"
+        "(every weight trains for the first tenth, the active count ramps to the target by "
+        "half-way, passive weights decay fast, and the learning rate warms up then follows a "
+        "cosine: a peak of 2-5x the constant rate plain SGD would use works best).")
+
+
+@pytest.mark.parametrize("ramp_steps, passive_decay", [(1000, None), (0, 0.5), (1000, 0.5)])
+def test_destructive_cut_message_with_a_ramp_or_a_passive_decay(ramp_steps, passive_decay):
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=4, ramp_steps=ramp_steps,
+                          passive_decay=passive_decay)
+    (warning,) = _cut_directly(opt, _random_kernels())
+    assert (f": the ramp (to step {ramp_steps:,}) or the passive decay did not finish within "
+            "the 0 steps run, so the cut was") in str(warning.message)
+
+
+def test_a_cut_exactly_at_the_threshold_does_not_warn_and_compression_one_does_not_cut():
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=2)
+    # The zeroed median over the kept median is 1 / 1000, the threshold itself.
+    assert _cut_directly(opt, [[[1000.0, 1000.0, 1000.0], [1.0, 1.0, 1.0]]]) == []
+    assert opt.final_cut.scale == gsm.DESTRUCTIVE_CUT
+    whole = ksm.GSMMomentum(0.05, momentum=0.9, compression=1)
+    assert _cut_directly(whole, _random_kernels()) == [] and whole.final_cut is None
+
+
+@pytest.mark.parametrize("optimizer, call", [
+    (lambda: ksm.GSMMomentum(0.05, momentum=0.9, sparsity=0.75),
+     "GSMMomentum.for_budget(40, sparsity=0.75, learning_rate=0.05, momentum=0.9, "
+     "nesterov=True)"),
+    (lambda: ksm.GSMMomentum(0.02, momentum=0.95, weight_decay=0.0, compression=3),
+     "GSMMomentum.for_budget(40, compression=3, learning_rate=0.04, momentum=0.9, "
+     "nesterov=True, weight_decay=0)"),
+    (lambda: ksm.GSMMomentum.for_budget(500, compression=8, learning_rate=0.3, momentum=0.9),
+     "GSMMomentum.for_budget(40, compression=8, learning_rate=0.3, momentum=0.9, "
+     "nesterov=True)"),
+    (lambda: ksm.GSMMomentum(keras.optimizers.schedules.ExponentialDecay(0.04, 10, 0.5),
+                             momentum=0.9, compression=2),
+     "GSMMomentum.for_budget(40, compression=2, learning_rate=0.04, momentum=0.9, "
+     "nesterov=True)"),
+    (lambda: ksm.GSMMomentum(
+        keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.3, 0.1]), momentum=0.9,
+        compression=2),
+     "GSMMomentum.for_budget(40, compression=2, learning_rate=0.3, momentum=0.9, "
+     "nesterov=True)"),
+])
+def test_suggested_call_keeps_the_ratio_the_decay_and_the_effective_peak(optimizer, call):
+    """A momentum above 0.9 comes down to 0.9 at the same lr / (1 - momentum); a
+    schedule's peak is its warmup target, else its value at step 0."""
+    assert optimizer().suggested_call(40) == call
+
+
+def test_divergence_names_the_first_five_variables_word_for_word():
+    variables = [keras.Variable(np.full((2, 2), np.nan, "float32"), name=f"kernel{i}")
+                 for i in range(6)]
+    opt = ksm.GSMMomentum(0.05, momentum=0.9, compression=2, prunable=lambda v: True)
+    opt.build(variables)
+    with pytest.raises(ValueError) as raised:
+        opt.finalize_variable_values(variables)
+    paths = [v.path for v in variables]
+    assert str(raised.value) == (
+        f"GSMMomentum: training diverged, the variables {paths[:5]} hold NaN or Inf, so the "
+        "model cannot be compressed. Lower `learning_rate` (the effective step is "
+        "learning_rate / (1 - momentum)) or set `clipnorm`.")
+
+
+@tensorflow_only("float64 variables: JAX runs without x64")
+def test_passive_decay_in_float64_with_and_without_coupled_weight_decay():
+    """One step on float64 kernels against numpy in float64: active weights get their
+    gradient plus the coupled decay (none where excluded), passive ones only
+    `passive_decay * w`, computed in float64."""
+    rng = np.random.default_rng(7)
+    values = [rng.standard_normal((5, 4)), rng.standard_normal((4, 3))]
+    grads = [rng.standard_normal(v.shape) for v in values]
+    variables = [keras.Variable(v, dtype="float64", name="kernel") for v in values]
+    lr, decay, passive = 0.125, 1 / 64, 1.7  # lr is a float32 variable: exact in binary
+    opt = ksm.GSMMomentum(lr, momentum=0.0, weight_decay=decay, compression=4,
+                          passive_decay=passive, importance="magnitude")
+    opt.exclude_from_weight_decay(var_list=[variables[1]])
+    opt.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], variables))
+    keep = math.ceil(32 / 4)
+    for i, (value, grad, mask) in enumerate(zip(values, grads,
+                                                top_magnitude_masks(values, keep))):
+        coupled = decay if i == 0 else 0.0
+        expected = value - lr * np.where(mask, grad + coupled * value, passive * value)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variables[i]), expected,
+                                   rtol=1e-14, atol=0)
