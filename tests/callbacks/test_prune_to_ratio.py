@@ -93,20 +93,36 @@ def test_end_cut_breaks_ties_by_variable_then_index():
     _assert_largest_survive(model, before.values, math.ceil(n / 7))
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_polynomial_schedule_holds_masks_after_every_step(jit_compile):
+def _scheduled(step, begin, end, frequency, initial, target, power):
+    """Zhu & Gupta's sparsity held from the last update point: begin, begin + frequency,
+    ..., end (independent of the callback's own `sparsity_at`)."""
+    if step < begin:
+        return 0.0
+    point = end if step >= end else begin + (step - begin) // frequency * frequency
+    return target + (initial - target) * (1 - (point - begin) / (end - begin)) ** power
+
+
+@pytest.mark.parametrize("jit_compile, frequency, begin, end, initial, power", [
+    (False, 3, 0, 18, 0.0, 3),
+    (True, 3, 0, 18, 0.0, 3),
+    (False, 4, 2, 13, 0.3, 2),  # the last interval is shorter: 10, then 13
+])
+def test_polynomial_schedule_holds_masks_after_every_step(jit_compile, frequency, begin, end,
+                                                          initial, power):
     model = mlp()
     recorder, before = _Recorder(), _BeforeCut()
-    callback = ksm.PruneToRatio(compression=10, schedule="polynomial", frequency=3, end_step=18)
+    callback = ksm.PruneToRatio(compression=10, schedule="polynomial", frequency=frequency,
+                                begin_step=begin, end_step=end, initial_sparsity=initial,
+                                power=power)
     _fit(model, callback, epochs=3, jit_compile=jit_compile, recorder=recorder, before=before)
     n = _size(kernels(model))
     _assert_largest_survive(model, before.values, math.ceil(n / 10))
     assert recorder.nonzeros == sorted(recorder.nonzeros, reverse=True)  # never grows back
     for step, (count, logged) in enumerate(zip(recorder.nonzeros, recorder.logged)):
-        scheduled = callback.sparsity_at(min(step - step % 3, 18))  # masks move every 3 steps
+        scheduled = _scheduled(step, begin, end, frequency, initial, 0.9, power)
         # after the optimizer step the pruned weights are still exactly zero
-        assert count == math.ceil(round(n * (1 - scheduled), 6))
-        assert logged == pytest.approx(1 - count / n, abs=2 / n)
+        assert count == math.ceil(round(n * (1 - scheduled), 6)), step
+        assert logged == pytest.approx(1 - count / n, abs=2 / n), step
     assert recorder.nonzeros[-1] == math.ceil(n / 10)
     assert recorder.epoch_logs[-1]["sparsity"] == pytest.approx(1 - math.ceil(n / 10) / n)
     assert nonzeros(kernels(model)) == math.ceil(n / 10)
@@ -204,3 +220,85 @@ def test_model_without_prunable_weights_is_a_clear_error():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="no prunable variables"):
         model.fit(np.zeros((8, 16)), np.zeros((8, 16)), verbose=0, callbacks=[ksm.PruneToRatio(compression=2)])
+
+
+def test_defaults_and_arguments_are_kept():
+    callback = ksm.PruneToRatio(compression=4)
+    assert (callback.schedule, callback.scope, callback.frequency, callback.begin_step,
+            callback.end_step, callback.initial_sparsity, callback.power) == \
+        ("auto", "global", 100, 0, None, 0.0, 3)
+    assert (callback.compression, callback.sparsity, callback.target_sparsity) == (4, None, 0.75)
+    assert (callback.kept, callback.reached_sparsity) == (None, None)
+    other = ksm.PruneToRatio(sparsity=0.5, end_step=7, initial_sparsity=0.5, power=0.5)
+    assert (other.compression, other.sparsity, other.end_step) == (None, 0.5, 7)
+    for kwargs in ({}, {"compression": 0.5}, {"compression": 2, "power": 0}):
+        with pytest.raises(ValueError) as raised:
+            ksm.PruneToRatio(**kwargs)
+        assert str(raised.value).startswith("PruneToRatio"), kwargs
+
+
+@pytest.mark.parametrize("epochs, steps_per_epoch, end", [(3, 8, 18), (1, 1, 1)])
+def test_the_default_end_is_three_quarters_of_the_run_and_at_least_one_step(
+        epochs, steps_per_epoch, end):
+    callback = ksm.PruneToRatio(compression=4, schedule="polynomial", frequency=1)
+    x, y = classification_data(n=32 * steps_per_epoch)
+    compile_for_test(mlp(), keras.optimizers.SGD(0.05)).fit(
+        x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[callback])
+    assert callback.sparsity_at(end - 1) < 0.75 == callback.sparsity_at(end)
+
+
+def _generator(x, y, batch=32):
+    def batches():
+        for start in range(0, len(x), batch):
+            yield x[start:start + batch], y[start:start + batch]
+    return batches
+
+
+def test_unknown_steps_per_epoch_need_end_step_and_work_with_it():
+    x, y = classification_data(n=128)
+    model = compile_for_test(mlp(), keras.optimizers.SGD(0.05))
+    callback = ksm.PruneToRatio(compression=4, schedule="polynomial", frequency=1)
+    with pytest.raises(ValueError) as raised:
+        model.fit(_generator(x, y)(), epochs=1, verbose=0, callbacks=[callback])
+    assert str(raised.value) == (
+        "PruneToRatio(schedule='polynomial') needs `end_step` when the number of steps per "
+        "epoch is unknown (a dataset of unknown length): pass end_step=...")
+    callback = ksm.PruneToRatio(compression=4, schedule="polynomial", frequency=1, end_step=3)
+    recorder = _Recorder()
+    model.fit(_generator(x, y)(), epochs=1, verbose=0, callbacks=[callback, recorder])
+    n = _size(kernels(model))
+    assert recorder.nonzeros[3] == math.ceil(n / 4) < recorder.nonzeros[2]
+
+
+def test_prunable_chooses_the_variables_and_other_kernels_stay_dense():
+    model = mlp()
+    last = model.layers[-1].kernel
+    callback = ksm.PruneToRatio(compression=4, schedule="polynomial", frequency=1,
+                                prunable=lambda v: v.path == last.path)
+    _fit(model, callback, epochs=1)
+    assert np.count_nonzero(last.numpy()) == math.ceil(_size([last]) / 4)
+    others = [v for v in kernels(model) if v.path != last.path]
+    assert nonzeros(others) == _size(others)
+
+
+def test_a_kernel_constraint_still_applies_under_the_mask_and_comes_back():
+    max_norm = keras.constraints.MaxNorm(0.3)
+    model = keras.Sequential([keras.Input((16,)),
+                              keras.layers.Dense(32, activation="relu", kernel_constraint=max_norm),
+                              keras.layers.Dense(4)])
+    callback = ksm.PruneToRatio(compression=4, schedule="polynomial", frequency=1)
+    recorder = _Recorder()
+    _fit(model, callback, epochs=2, recorder=recorder)
+    kernel = model.layers[0].kernel
+    assert kernel.constraint is max_norm
+    assert np.linalg.norm(kernel.numpy(), axis=0).max() <= 0.3 + 1e-6
+    assert recorder.nonzeros[-1] == math.ceil(_size(kernels(model)) / 4)
+
+
+def test_auto_looks_through_a_loss_scale_optimizer():
+    callback = ksm.PruneToRatio(compression=8)
+    wrapped = keras.optimizers.LossScaleOptimizer(
+        ksm.GSMMomentum(0.05, momentum=0.9, compression=8))
+    with pytest.warns(UserWarning, match="final cut zeroed"):
+        _fit(mlp(), callback, wrapped, epochs=1)
+    assert callback._active == "end"
