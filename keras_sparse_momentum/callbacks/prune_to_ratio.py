@@ -1,6 +1,7 @@
 """PruneToRatio: reach an exact global compression with any Keras optimizer."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -64,7 +65,10 @@ class PruneToRatio(keras.callbacks.Callback):
 
     The sparsity reached is written to `logs["sparsity"]` (each batch: the
     mask's; each epoch: measured on the weights), so the progress bar, History
-    and a TensorBoard callback placed after this one show it.
+    and a TensorBoard callback placed after this one show it. After `fit`,
+    `kept` and `reached_sparsity` are measured on the weights: fewer nonzeros
+    than asked (an optimizer that zeroes weights itself, such as ProxNAG with
+    another schedule than "prox_iterative") comes with a warning.
 
     The masks and the schedule's state live with the model's optimizer
     (callbacks/state.py), so `keras.callbacks.BackupAndRestore` resumes a
@@ -197,6 +201,14 @@ class PruneToRatio(keras.callbacks.Callback):
             )[0]
             for value in values
         ]
+
+    def _target_count(self):
+        """The nonzeros the target leaves: ceil(N (1 - s)) over all prunable weights,
+        or per variable with scope="layer" (masks keep no more than the nonzeros)."""
+        sizes = [int(math.prod(v.shape)) for v in self._variables]
+        if self.scope == "global":
+            sizes = [sum(sizes)]
+        return sum(prunable_lib.kept_count(n, sparsity=self.target_sparsity) for n in sizes)
 
     def _apply_masks(self, masks):
         for variable, mask_var, mask in zip(self._variables, self._mask_vars, masks):
@@ -353,8 +365,20 @@ class PruneToRatio(keras.callbacks.Callback):
         for variable, mask in zip(self._variables, masks):
             value = keras.ops.convert_to_numpy(variable)
             variable.assign(np.where(mask, value, 0).astype(value.dtype))
-        self.kept = sum(int(m.sum()) for m in masks)
+        asked = self._target_count()
+        self.kept = sum(int(np.count_nonzero(keras.ops.convert_to_numpy(v)))
+                        for v in self._variables)
         self.reached_sparsity = 1.0 - self.kept / self._total
+        if self.kept < asked:
+            warnings.warn(
+                f"PruneToRatio: the model ends with {self.kept:,} nonzero prunable weights, "
+                f"fewer than the {asked:,} asked (sparsity {self.reached_sparsity:.4f} above "
+                f"the target {self.target_sparsity:.4f}): the optimizer itself left exact "
+                "zeros (ProxNAG's L1 does), and a magnitude cut cannot bring them back. With "
+                "ProxNAG use schedule='prox_iterative' (what 'auto' picks), whose L1 rounds "
+                "stop at the target.",
+                stacklevel=2,
+            )
         if self._driver is not None and self._driver.started:
             self._driver.on_train_end()
         self._detach()

@@ -302,3 +302,20 @@ def test_auto_looks_through_a_loss_scale_optimizer():
     with pytest.warns(UserWarning, match="final cut zeroed"):
         _fit(mlp(), callback, wrapped, epochs=1)
     assert callback._active == "end"
+
+
+def test_more_zeros_than_asked_are_measured_and_named():
+    """ProxNAG's L1 zeroes weights by itself: under the polynomial schedule at 2x the
+    model ends sparser than asked, which the callback measures and says."""
+    model = mlp()
+    callback = ksm.PruneToRatio(compression=2, schedule="polynomial", frequency=1)
+    with pytest.warns(UserWarning, match="fewer than the 688 asked") as caught:
+        _fit(model, callback, ksm.ProxNAG(0.05, momentum=0.9, l1=0.05), epochs=2)
+    n = _size(kernels(model))
+    assert callback.kept == nonzeros(kernels(model)) < math.ceil(n / 2) == 688
+    assert callback.reached_sparsity == pytest.approx(1 - callback.kept / n)
+    (message,) = [str(w.message) for w in caught if "PruneToRatio" in str(w.message)]
+    assert "schedule='prox_iterative'" in message
+    plain = ksm.PruneToRatio(compression=2, schedule="polynomial", frequency=1)
+    _fit(mlp(), plain, epochs=1)
+    assert (plain.kept, plain.reached_sparsity) == (688, pytest.approx(0.5))
