@@ -97,7 +97,8 @@ def test_auto_picks_the_iterative_algorithm_only_for_prox_nag():
         (lambda: keras.optimizers.SGD(0.05), {}, "needs the ProxNAG optimizer"),
         (lambda: ksm.ProxNAG(l1=keras.optimizers.schedules.CosineDecay(1e-3, 10)), {},
          "construct ProxNAG with a float `l1`"),
-        (lambda: ksm.ProxNAG(), {"scope": "layer"}, "needs scope='global'"),
+        (lambda: ksm.ProxNAG(), {"scope": "layer"},
+         r"^PruneToRatio\(schedule='prox_iterative'\) needs scope='global'\.$"),
     ],
 )
 def test_invalid_combinations_are_clear_errors(optimizer, kwargs, match):
@@ -111,3 +112,15 @@ def test_invalid_combinations_are_clear_errors(optimizer, kwargs, match):
 def test_unknown_schedule_name_is_rejected():
     with pytest.raises(ValueError, match="prox_iterative"):
         ksm.PruneToRatio(sparsity=0.5, schedule="prox")
+
+
+def test_prunable_reaches_the_rounds_and_no_callback_state_stays_on_the_optimizer():
+    model, x, y = _pretrained()
+    last = model.layers[-1].kernel
+    prune = ksm.PruneToRatio(sparsity=0.5, schedule="prox_iterative",
+                             prunable=lambda v: v.path == last.path)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[prune])
+    assert np.count_nonzero(last.numpy()) == math.ceil(last.numpy().size * 0.5)
+    others = [v for v in kernels(model) if v.path != last.path]
+    assert nonzeros(others) == sum(v.numpy().size for v in others)  # the cut: `last` only
+    assert [name for name in vars(model.optimizer) if name.startswith("_ksm_state_")] == []

@@ -105,7 +105,7 @@ def _scheduled(step, begin, end, frequency, initial, target, power):
 @pytest.mark.parametrize("jit_compile, frequency, begin, end, initial, power", [
     (False, 3, 0, 18, 0.0, 3),
     (True, 3, 0, 18, 0.0, 3),
-    (False, 4, 2, 13, 0.3, 2),  # the last interval is shorter: 10, then 13
+    (False, 4, 3, 13, 0.3, 2),  # points 3, 7, 11, then 13 (a shorter last interval)
 ])
 def test_polynomial_schedule_holds_masks_after_every_step(jit_compile, frequency, begin, end,
                                                           initial, power):
@@ -319,3 +319,24 @@ def test_more_zeros_than_asked_are_measured_and_named():
     plain = ksm.PruneToRatio(compression=2, schedule="polynomial", frequency=1)
     _fit(mlp(), plain, epochs=1)
     assert (plain.kept, plain.reached_sparsity) == (688, pytest.approx(0.5))
+
+
+def test_a_subclassed_model_is_masked_from_its_first_step():
+    """Its variables exist only after the first step: the masks come at that step's end."""
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = keras.layers.Dense(32, activation="relu")
+            self.b = keras.layers.Dense(4)
+
+        def call(self, x):
+            return self.b(self.a(x))
+
+    model, recorder = Net(), _Recorder()
+    callback = ksm.PruneToRatio(compression=10, schedule="polynomial", frequency=1,
+                                initial_sparsity=0.5)
+    _fit(model, callback, epochs=1, recorder=recorder)
+    n = 16 * 32 + 32 * 4
+    scheduled = _scheduled(1, 0, 6, 1, 0.5, 0.9, 3)  # step 1 of 8, the default end at 6
+    assert recorder.nonzeros[0] == math.ceil(round(n * (1 - scheduled), 6)) < n
+    assert recorder.logged[0] == pytest.approx(scheduled, abs=1 / n)
