@@ -151,21 +151,24 @@ def test_layer_scope_prunes_every_variable_alike():
         np.testing.assert_array_equal(variable.numpy(), np.where(mask, value, 0))
 
 
+class SubclassedNet(keras.Model):
+    """A subclassed 16 -> 32 -> 4 MLP: its variables exist only after its first step."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = keras.layers.Dense(32, activation="relu")
+        self.b = keras.layers.Dense(4)
+
+    def call(self, x):
+        return self.b(self.a(x))
+
+
 def test_functional_and_subclassed_models_and_history():
     inputs = keras.Input((16,))
     hidden = keras.layers.Dense(32, activation="relu")(inputs)
     functional = keras.Model(inputs, keras.layers.Dense(4)(hidden))
 
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.a = keras.layers.Dense(32, activation="relu")
-            self.b = keras.layers.Dense(4)
-
-        def call(self, x):
-            return self.b(self.a(x))
-
-    for model in (functional, Net()):
+    for model in (functional, SubclassedNet()):
         history = _fit(model, ksm.PruneToRatio(compression=8, schedule="polynomial", frequency=2), epochs=2)
         assert nonzeros(kernels(model)) == math.ceil((16 * 32 + 32 * 4) / 8)
         assert "sparsity" in history.history and history.history["sparsity"][-1] > 0.8
@@ -323,16 +326,7 @@ def test_more_zeros_than_asked_are_measured_and_named():
 
 def test_a_subclassed_model_is_masked_from_its_first_step():
     """Its variables exist only after the first step: the masks come at that step's end."""
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.a = keras.layers.Dense(32, activation="relu")
-            self.b = keras.layers.Dense(4)
-
-        def call(self, x):
-            return self.b(self.a(x))
-
-    model, recorder = Net(), _Recorder()
+    model, recorder = SubclassedNet(), _Recorder()
     callback = ksm.PruneToRatio(compression=10, schedule="polynomial", frequency=1,
                                 initial_sparsity=0.5)
     _fit(model, callback, epochs=1, recorder=recorder)
